@@ -1,0 +1,3 @@
+from genctl.cli import main
+
+raise SystemExit(main())
