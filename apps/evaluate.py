@@ -1,0 +1,219 @@
+"""Closed-loop evaluation: the learned sampler drives MuJoCo envs; every episode, latency and fault is measured.
+
+K envs run side by side with one batched policy call per control step; episode i always uses eval seed i,
+so results do not depend on K. A diverging simulator (NaN state, MuJoCo instability warning, exception)
+ends only that episode, with the reason recorded.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from genctl.apps.policy import LoadedPolicy
+from genctl.apps.rollout_log import RolloutLogger
+from genctl.apps.viz import Viewer
+from genctl.envs import eval_seeds, make_env_from_info
+from genctl.errors import GenctlError
+from genctl.fsutil import atomic_write_json
+
+log = logging.getLogger("genctl.eval")
+
+# mjtWarning indices that mean the simulation blew up (mjWARN_BADQPOS, BADQVEL, BADQACC).
+_BAD_WARNINGS = {5: "bad_qpos", 6: "bad_qvel", 7: "bad_qacc"}
+
+
+@dataclass
+class Episode:
+    index: int
+    seed: int
+    ret: float = 0.0
+    length: int = 0
+    success: bool = False
+    final_success: bool = False
+    end: str = ""
+    rewards: list[float] = field(default_factory=list)
+
+
+def _mj_data(env: Any) -> Any:
+    u = env.unwrapped
+    return getattr(u, "data", None) or getattr(getattr(u, "physics", None), "data", None)
+
+
+def _warning_counts(env: Any) -> dict[int, int]:
+    data = _mj_data(env)
+    if data is None or not hasattr(data, "warning"):
+        return {}
+    try:
+        return {i: int(data.warning[i].number) for i in _BAD_WARNINGS}
+    except Exception:
+        return {}
+
+
+def summarise(values: np.ndarray) -> dict[str, float]:
+    n = len(values)
+    mean = float(np.mean(values)) if n else math.nan
+    std = float(np.std(values, ddof=1)) if n > 1 else 0.0
+    try:
+        from scipy import stats
+
+        tq = float(stats.t.ppf(0.975, n - 1)) if n > 1 else math.nan
+    except ImportError:
+        tq = 1.96
+    half = tq * std / math.sqrt(n) if n > 1 else math.nan
+    return {"mean": mean, "std": std, "ci95_low": mean - half, "ci95_high": mean + half, "n": n}
+
+
+def evaluate(run: str | Path, *, episodes: int = 10, envs: int = 1, solver: str | None = None,
+             steps: int | None = None, seed_start: int = 0, rerun: tuple[str, str | None] | None = None,
+             rerun_episodes: int | None = None, candidates: int = 64, frame_every: int = 1,
+             max_episode_steps: int | None = None, device: str = "cpu", out: Path | None = None,
+             progress: bool = True, policy: LoadedPolicy | None = None) -> dict[str, Any]:
+    """Run ``episodes`` closed-loop episodes and write ``eval.json`` into the run folder (or ``out``)."""
+    policy = policy or LoadedPolicy.from_run(run, device=device)
+    if policy.env_info is None:
+        raise GenctlError(f"{run}: the training store recorded no env, so there is nothing to evaluate in")
+    solver = solver or policy.solver
+    steps = steps or policy.steps
+    run_dir = Path(run) if (Path(run) / "config.yaml").exists() else policy.ck.path.parent.parent
+    out = Path(out) if out else run_dir / "eval.json"
+    overrides = {"max_episode_steps": max_episode_steps} if max_episode_steps else {}
+    viewer = Viewer(rerun, app_id=f"genctl-eval-{run_dir.name}", default_file=run_dir / "rollouts.rrd")
+    record = viewer.enabled
+    k = max(1, min(envs, episodes))
+    render = record and frame_every > 0
+    env_list = [make_env_from_info(policy.env_info, render_mode="rgb_array" if render else None, **overrides)
+                for _ in range(k)]
+    first = env_list[0]
+    policy.check_env(int(np.prod(first.observation_space.shape)), int(np.prod(first.action_space.shape)),
+                     policy.env_info.get("id", "?"))
+    logger = RolloutLogger(viewer, first, policy, candidates=candidates, frame_every=frame_every) if record else None
+    n_record = episodes if rerun_episodes is None else rerun_episodes
+    seeds = eval_seeds(episodes, start=seed_start)
+    gen = torch.Generator(device=policy.device).manual_seed(seed_start)
+    results: list[Episode] = []
+    slots: list[Episode | None] = [None] * k
+    obs = [None] * k
+    warn0: list[dict[int, int]] = [{} for _ in range(k)]
+    next_ep, latencies, t_start, env_steps = 0, [], time.perf_counter(), 0
+    bar = tqdm(total=episodes, desc="eval", disable=not progress, mininterval=0.5, dynamic_ncols=True)
+
+    def start(i: int) -> None:
+        nonlocal next_ep
+        ep = Episode(next_ep, seeds[next_ep])
+        obs[i], info = env_list[i].reset(seed=ep.seed)
+        warn0[i] = _warning_counts(env_list[i])
+        slots[i] = ep
+        if logger and ep.index < n_record:
+            logger.start_episode(ep.index, ep.seed, env_list[i], obs[i])
+        next_ep += 1
+
+    try:
+        for i in range(k):
+            start(i)
+        while any(s is not None for s in slots):
+            live = [i for i in range(k) if slots[i] is not None]
+            batch = np.stack([obs[i] for i in live]).astype(np.float32)
+            t0 = time.perf_counter()
+            actions = policy.act(batch, solver=solver, steps=steps, generator=gen)
+            latencies.append(time.perf_counter() - t0)
+            for j, i in enumerate(live):
+                ep, env = slots[i], env_list[i]
+                assert ep is not None
+                try:
+                    nobs, r, term, trunc, info = env.step(actions[j])
+                except Exception as e:  # the simulator itself failed: end this episode only
+                    ep.end = f"sim_error: {type(e).__name__}: {e}"
+                    term, trunc, r, info, nobs = True, False, 0.0, {}, obs[i]
+                r = float(r)
+                env_steps += 1
+                ep.ret += r if math.isfinite(r) else 0.0
+                ep.length += 1
+                ep.rewards.append(r)
+                succ = bool(info.get("success", False))
+                ep.success |= succ
+                ep.final_success = succ
+                if not ep.end:
+                    w = _warning_counts(env)
+                    bad = [name for idx, name in _BAD_WARNINGS.items() if w.get(idx, 0) > warn0[i].get(idx, 0)]
+                    if not np.all(np.isfinite(nobs)) or not math.isfinite(r):
+                        ep.end = "nan_state"
+                    elif bad:
+                        ep.end = f"mujoco_warning: {bad[0]}"
+                if logger and ep.index < n_record:
+                    logger.step(ep.index, ep.length - 1, obs[i], actions[j], r, ep.ret, env)
+                obs[i] = nobs
+                if ep.end or term or trunc:
+                    ep.end = ep.end or ("terminated" if term else "truncated")
+                    if logger and ep.index < n_record:
+                        logger.end_episode(ep.index)
+                    results.append(ep)
+                    bar.update(1)
+                    slots[i] = None
+                    if next_ep < episodes:
+                        start(i)
+    finally:
+        bar.close()
+        for env in env_list:
+            env.close()
+        viewer.close()
+    wall = time.perf_counter() - t_start
+    report = build_report(results, policy, latencies, env_steps, wall, solver=solver, steps=steps, k=k)
+    if viewer.files:
+        report["rerun_files"] = [str(p) for p in viewer.files]
+    if viewer.url:
+        report["rerun_url"] = viewer.url
+    atomic_write_json(out, report)
+    report["path"] = str(out)
+    return report
+
+
+def build_report(results: list[Episode], policy: LoadedPolicy, latencies: list[float], env_steps: int,
+                 wall: float, *, solver: str, steps: int, k: int) -> dict[str, Any]:
+    results = sorted(results, key=lambda e: e.index)
+    rets = np.array([e.ret for e in results], dtype=np.float64)
+    lo, hi = policy.meta.get("ref_min_score"), policy.meta.get("ref_max_score")
+    lat = np.array(latencies) * 1e3 if latencies else np.zeros(1)
+    report: dict[str, Any] = {
+        "env": policy.env_info.get("id") if policy.env_info else None,
+        "checkpoint": str(policy.ck.path), "solver": solver, "steps": steps, "envs": k,
+        "episodes": [{"index": e.index, "seed": e.seed, "return": e.ret, "length": e.length, "success": e.success,
+                      "final_success": e.final_success, "end": e.end} for e in results],
+        "return": summarise(rets),
+        "success_rate": float(np.mean([e.success for e in results])) if results else math.nan,
+        "final_success_rate": float(np.mean([e.final_success for e in results])) if results else math.nan,
+        "length": summarise(np.array([e.length for e in results], dtype=np.float64)),
+        "faults": sum(1 for e in results if e.end not in ("terminated", "truncated")),
+        "latency_ms": {"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99)),
+                       "mean": float(lat.mean()), "calls": len(latencies)},
+        "control_rate_hz": env_steps / wall if wall > 0 else math.nan,
+        "env_steps": env_steps, "wall_s": wall,
+    }
+    if lo is not None and hi is not None and hi != lo:
+        report["normalized_score"] = summarise(100.0 * (rets - lo) / (hi - lo))
+    return report
+
+
+def format_report(r: dict[str, Any]) -> str:
+    ret = r["return"]
+    lines = [
+        f"env {r['env']}  episodes {ret['n']}  solver {r['solver']}/{r['steps']} steps  envs {r['envs']}",
+        f"  return        {ret['mean']:9.2f} ± {ret['std']:.2f}   95% CI [{ret['ci95_low']:.2f}, {ret['ci95_high']:.2f}]",
+        f"  success rate  {100 * r['success_rate']:8.1f}%   (final-step {100 * r['final_success_rate']:.1f}%)",
+    ]
+    if "normalized_score" in r:
+        ns = r["normalized_score"]
+        lines.append(f"  normalised    {ns['mean']:9.2f} ± {ns['std']:.2f}")
+    lat = r["latency_ms"]
+    lines.append(f"  policy call   p50 {lat['p50']:.2f} ms  p99 {lat['p99']:.2f} ms   loop {r['control_rate_hz']:.0f} steps/s")
+    if r["faults"]:
+        lines.append(f"  faults        {r['faults']} episode(s) ended by the simulator (see eval.json 'end')")
+    return "\n".join(lines)

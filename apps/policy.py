@@ -1,0 +1,100 @@
+"""A trained run as a deployable policy: weights (EMA when present), normaliser and sampler settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from genctl.datasets import Normalizer
+from genctl.errors import DataError, GenctlError
+from genctl.policies import IQLCritic, make_generative_model
+from genctl.run import Checkpoint, latest_checkpoint, load_module
+
+
+def find_checkpoint(run: str | Path) -> Checkpoint:
+    """Accept a run folder or a checkpoint folder."""
+    path = Path(run)
+    if (path / "meta.json").exists():
+        return Checkpoint(path)
+    if not path.exists():
+        raise GenctlError(f"{path} does not exist (expected a run folder such as runs/<name>)")
+    ck = latest_checkpoint(path)
+    if ck is None:
+        raise GenctlError(f"{path} has no checkpoint yet (is it a run folder? train it with genctl train)")
+    return Checkpoint(ck)
+
+
+class LoadedPolicy:
+    """``act(obs) -> action`` in env units; also Q/V when the run has a critic and candidate samples."""
+
+    def __init__(self, ck: Checkpoint, *, device: str = "cpu", use_ema: bool = True):
+        self.ck, self.meta = ck, ck.meta
+        self.device = torch.device(device)
+        m = self.meta
+        self.obs_dim, self.action_dim = int(m["obs_dim"]), int(m["action_dim"])
+        self.model = make_generative_model(**m["model"]).to(self.device).eval()
+        group = "ema" if use_ema and ck.has("ema") else "policy"
+        load_module(self.model, ck.group(group), f"checkpoint {ck.path} ({group})")
+        self.critic: IQLCritic | None = None
+        if ck.has("critic"):
+            c = m["config"]["critic"]
+            self.critic = IQLCritic(self.obs_dim, self.action_dim, hidden=tuple(c["hidden"]),
+                                    expectile=c["expectile"], gamma=c["gamma"], tau=c["tau"], lr=c["lr"])
+            load_module(self.critic, ck.group("critic"), f"checkpoint {ck.path} (critic)")
+            self.critic.to(self.device).eval()
+        self.obs_norm = Normalizer.from_dict(m["obs_norm"])
+        self.act_norm = Normalizer.from_dict(m["action_norm"])
+        space = m.get("action_space") or {}
+        self.low = np.asarray(space["low"], np.float32) if space.get("low") is not None else None
+        self.high = np.asarray(space["high"], np.float32) if space.get("high") is not None else None
+        self.env_info: dict[str, Any] | None = m.get("env")
+        ev = m["config"]["eval"]
+        self.solver, self.steps = ev["solver"], int(ev["steps"])
+
+    @classmethod
+    def from_run(cls, run: str | Path, **kw: Any) -> LoadedPolicy:
+        return cls(find_checkpoint(run), **kw)
+
+    def check_env(self, obs_dim: int, action_dim: int, env_id: str) -> None:
+        if obs_dim != self.obs_dim or action_dim != self.action_dim:
+            raise DataError(
+                f"checkpoint {self.ck.path}: policy expects obs {self.obs_dim} / action {self.action_dim}, "
+                f"env {env_id} has obs {obs_dim} / action {action_dim} (checkpoint from another env?)")
+
+    def _cond(self, obs: np.ndarray) -> torch.Tensor:
+        x = self.obs_norm.normalize(np.asarray(obs, np.float32).reshape(-1, self.obs_dim))
+        return torch.as_tensor(x, dtype=torch.float32, device=self.device)
+
+    def _to_env(self, a: torch.Tensor) -> np.ndarray:
+        out = self.act_norm.unnormalize(a.float().cpu().numpy())
+        if self.low is not None and self.high is not None:
+            out = np.clip(out, self.low, self.high)
+        return out.astype(np.float32)
+
+    @torch.inference_mode()
+    def act(self, obs: np.ndarray, *, solver: str | None = None, steps: int | None = None,
+            generator: torch.Generator | None = None) -> np.ndarray:
+        cond = self._cond(obs)
+        a = self.model.sample(cond, solver=solver or self.solver, steps=steps or self.steps, generator=generator)
+        return self._to_env(a)
+
+    @torch.inference_mode()
+    def candidates(self, obs: np.ndarray, n: int, *, solver: str | None = None, steps: int | None = None,
+                   generator: torch.Generator | None = None) -> np.ndarray:
+        """``n`` actions sampled at one state: the policy's action distribution there, shape (n, A)."""
+        cond = self._cond(obs)[:1]
+        a = self.model.sample(cond, n=n, solver=solver or self.solver, steps=steps or self.steps,
+                              generator=generator)
+        return self._to_env(a.reshape(n, self.action_dim))
+
+    @torch.inference_mode()
+    def q_v(self, obs: np.ndarray, action: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        if self.critic is None:
+            return None
+        s = self._cond(obs)
+        a = torch.as_tensor(self.act_norm.normalize(np.asarray(action, np.float32).reshape(-1, self.action_dim)),
+                            device=self.device)
+        return self.critic.q(s, a).cpu().numpy(), self.critic.v(s).cpu().numpy()

@@ -1,0 +1,122 @@
+"""What a closed-loop rollout looks like in rerun.
+
+Per episode ``ep_XXX`` (its own entity subtree, on a shared per-episode ``step`` timeline so episodes line
+up for comparison): camera frames, executed action, reward and return, Q and V of the taken action,
+joint positions/velocities, and — the view that shows multimodality — ``N`` candidate actions sampled from
+the policy at the current state, as a point cloud in action space (first 2-3 dims). Maze envs also get the
+maze walls and each episode's 2-D path under ``maze/``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from genctl.apps.viz import Viewer
+
+
+def maze_walls(env: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    """Centers and half sizes of the wall cells of a gymnasium-robotics maze, or None for other envs."""
+    maze = getattr(env.unwrapped, "maze", None)
+    if maze is None or not hasattr(maze, "maze_map"):
+        return None
+    centers = []
+    for i, row in enumerate(maze.maze_map):
+        for j, cell in enumerate(row):
+            if cell == 1:
+                centers.append(np.asarray(maze.cell_rowcol_to_xy(np.array([i, j])), dtype=np.float32))
+    half = float(maze.maze_size_scaling) / 2
+    return np.array(centers, np.float32), np.full((len(centers), 2), half, np.float32)
+
+
+def _qpos_qvel(env: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    u = env.unwrapped
+    data = getattr(u, "data", None)
+    if data is None and hasattr(u, "physics"):
+        data = u.physics.data
+    if data is None or not hasattr(data, "qpos"):
+        return None
+    return np.array(data.qpos, np.float64), np.array(data.qvel, np.float64)
+
+
+class RolloutLogger:
+    def __init__(self, viewer: Viewer, env: Any, policy: Any, *, candidates: int = 64, frame_every: int = 1):
+        self.v, self.policy = viewer, policy
+        self.n_cand, self.frame_every = candidates, frame_every
+        self.is_maze = getattr(env.unwrapped, "maze", None) is not None
+        self.buf: dict[int, dict[str, list]] = {}
+        walls = maze_walls(env)
+        if walls is not None:
+            import rerun as rr
+
+            self.v.log("maze/walls", rr.Boxes2D(centers=walls[0], half_sizes=walls[1], colors=[(90, 90, 110)]),
+                       static=True)
+
+    def start_episode(self, idx: int, seed: int, env: Any, obs: np.ndarray) -> None:
+        import rerun as rr
+
+        self.buf[idx] = {k: [] for k in ("t", "action", "reward", "ret", "q", "v", "qpos", "qvel", "pos")}
+        self.v.log(f"ep_{idx:03d}/seed", rr.TextDocument(f"episode {idx}, eval seed {seed}"), static=True)
+        goal = getattr(env.unwrapped, "goal", None)
+        if self.is_maze and goal is not None:
+            self.v.log(f"maze/ep_{idx:03d}/goal", rr.Points2D([np.asarray(goal)[:2]], radii=0.15,
+                                                                colors=[(40, 200, 40)]), static=True)
+
+    def step(self, idx: int, t: int, obs: np.ndarray, action: np.ndarray, reward: float, ret: float, env: Any) -> None:
+        import rerun as rr
+
+        b, p = self.buf[idx], f"ep_{idx:03d}"
+        self.v.set_step(t)
+        b["t"].append(t)
+        b["action"].append(np.asarray(action, np.float64))
+        b["reward"].append(reward)
+        b["ret"].append(ret)
+        qv = self.policy.q_v(obs[None], action[None])
+        if qv is not None:
+            b["q"].append(float(qv[0][0]))
+            b["v"].append(float(qv[1][0]))
+        joints = _qpos_qvel(env)
+        if joints is not None:
+            b["qpos"].append(joints[0])
+            b["qvel"].append(joints[1])
+            if self.is_maze:
+                b["pos"].append(joints[0][:2])
+                self.v.log(f"maze/ep_{idx:03d}/position", rr.Points2D([joints[0][:2]], radii=0.08))
+        if self.frame_every and t % self.frame_every == 0:
+            frame = env.render()
+            if frame is not None:
+                self.v.log(f"{p}/camera", rr.Image(np.asarray(frame, np.uint8)))
+        if self.n_cand:
+            cand = self.policy.candidates(obs, self.n_cand)
+            self._action_cloud(f"{p}/action_space", cand, np.asarray(action))
+
+    def _action_cloud(self, path: str, cand: np.ndarray, taken: np.ndarray) -> None:
+        import rerun as rr
+
+        d = cand.shape[1]
+        if d >= 3:
+            self.v.log(f"{path}/candidates", rr.Points3D(cand[:, :3], radii=0.02, colors=[(80, 140, 255)]))
+            self.v.log(f"{path}/executed", rr.Points3D(taken[None, :3], radii=0.05, colors=[(255, 80, 40)]))
+        else:
+            pad = (lambda x: np.concatenate([x, np.zeros((len(x), 1))], 1)) if d == 1 else (lambda x: x)
+            self.v.log(f"{path}/candidates", rr.Points2D(pad(cand), radii=0.02, colors=[(80, 140, 255)]))
+            self.v.log(f"{path}/executed", rr.Points2D(pad(taken[None]), radii=0.05, colors=[(255, 80, 40)]))
+
+    def end_episode(self, idx: int) -> None:
+        import rerun as rr
+
+        b, p = self.buf.pop(idx), f"ep_{idx:03d}"
+        t = np.asarray(b["t"], np.int64)
+        self.v.scalars_series(f"{p}/action/executed", t, np.stack(b["action"]))
+        self.v.scalars_series(f"{p}/reward", t, np.asarray(b["reward"]))
+        self.v.scalars_series(f"{p}/return", t, np.asarray(b["ret"]))
+        if b["q"]:
+            self.v.scalars_series(f"{p}/critic/q", t, np.asarray(b["q"]))
+            self.v.scalars_series(f"{p}/critic/v", t, np.asarray(b["v"]))
+        if b["qpos"]:
+            self.v.scalars_series(f"{p}/joints/qpos", t, np.stack(b["qpos"]))
+            self.v.scalars_series(f"{p}/joints/qvel", t, np.stack(b["qvel"]))
+        if b["pos"]:
+            self.v.set_step(int(t[-1]))
+            self.v.log(f"maze/ep_{idx:03d}/path", rr.LineStrips2D([np.stack(b["pos"])], radii=0.03))

@@ -1,0 +1,313 @@
+"""Training orchestration: critic -> (behaviour) -> policy, each stage resumable from its last checkpoint.
+
+The algorithms in ``genctl.policies`` only do ``update(batch)``; this module owns the loop, the data, the
+normaliser, EMA, checkpoints, metrics and the progress bar.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from genctl.config import TrainConfig, build_config, dump_yaml
+from genctl.datasets import EpisodeStore, Normalizer, episode_split, load_transitions
+from genctl.errors import ConfigError, DataError, GenctlError
+from genctl.fsutil import atomic_write_text
+from genctl.metrics import MetricsLogger
+from genctl.policies import EMA, IQLCritic, make_algorithm, make_generative_model
+from genctl.run import Checkpoint, latest_checkpoint, load_module, save_checkpoint
+from genctl.seeding import rng_state, seed_everything, set_rng_state
+
+log = logging.getLogger("genctl.train")
+
+STAGES = ("critic", "behaviour", "policy")
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda was asked for but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def stage_plan(cfg: TrainConfig) -> list[tuple[str, int]]:
+    plan = [("critic", cfg.critic.steps)]
+    if cfg.policy.algo == "gmpg":
+        plan.append(("behaviour", cfg.policy.behaviour_steps))
+    plan.append(("policy", cfg.policy.steps))
+    return [(s, n) for s, n in plan if n > 0]
+
+
+@dataclass
+class Data:
+    """Normalised training transitions as device tensors, sampled with our own generator (exact resume)."""
+
+    tensors: dict[str, torch.Tensor]
+    n: int
+    generator: torch.Generator
+
+    def sample(self, batch_size: int) -> dict[str, torch.Tensor]:
+        idx = torch.randint(self.n, (batch_size,), generator=self.generator, device="cpu")
+        idx = idx.to(next(iter(self.tensors.values())).device, non_blocking=True)
+        return {k: v.index_select(0, idx) for k, v in self.tensors.items()}
+
+
+def reward_scale(cfg: TrainConfig, store: EpisodeStore) -> float:
+    if cfg.data.reward_scale == "return_range":
+        rets = store.episode_returns()
+        span = float(rets.max() - rets.min()) if len(rets) > 1 else 0.0
+        if span <= 0:
+            raise DataError(f"store {store.path}: reward_scale=return_range needs episodes with different returns")
+        return 1000.0 / span
+    return float(cfg.data.reward_scale)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, run_dir: Path, *, progress: bool = True):
+        self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
+        self.device = pick_device(cfg.device)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.amp = cfg.amp if cfg.amp is not None else self.device.type == "cuda"
+        seed_everything(cfg.seed)
+        if not cfg.data.store:
+            raise ConfigError("data.store is empty: pass data.store=PATH/TO/STORE.zarr")
+        self.store = EpisodeStore.open(cfg.data.store)
+        self._build_data()
+        self._build_models()
+        self.stage_idx, self.stage_step, self.global_step = 0, 0, 0
+
+    # ---------------------------------------------------------------- setup
+    def _build_data(self) -> None:
+        cfg, store = self.cfg, self.store
+        train_eps, val_eps = episode_split(store.n_episodes, cfg.data.val_frac, cfg.seed)
+        self.val_episodes = [int(i) for i in val_eps]
+        raw = load_transitions(store, episodes=train_eps)
+        if len(raw["action"]) == 0:
+            raise DataError(f"store {store.path}: no training transitions after the validation split")
+        stats = store.attrs.get("stats") or {}
+        self.obs_norm = (Normalizer.from_stats(stats["obs"], cfg.data.obs_norm) if "obs" in stats
+                         else Normalizer.fit(raw["obs"], cfg.data.obs_norm))
+        self.act_norm = (Normalizer.from_stats(stats["action"], cfg.data.action_norm) if "action" in stats
+                         else Normalizer.fit(raw["action"], cfg.data.action_norm))
+        self.reward_scale = reward_scale(cfg, store)
+        arrays = {
+            "obs": self.obs_norm.normalize(raw["obs"]),
+            "next_obs": self.obs_norm.normalize(raw["next_obs"]),
+            "action": self.act_norm.normalize(raw["action"]),
+            "reward": raw["reward"] * self.reward_scale + cfg.data.reward_shift,
+            "terminal": raw["terminal"],
+        }
+        for k, v in arrays.items():
+            if not np.all(np.isfinite(v)):
+                raise DataError(f"store {store.path}: field {k!r} has NaN/Inf after normalisation")
+        tensors = {k: torch.as_tensor(np.ascontiguousarray(v, dtype=np.float32)).to(self.device)
+                   for k, v in arrays.items()}
+        gen = torch.Generator().manual_seed(cfg.seed + 1)
+        self.data = Data(tensors, len(arrays["action"]), gen)
+        self.obs_dim = arrays["obs"].shape[1]
+        self.action_dim = arrays["action"].shape[1]
+
+    def _build_models(self) -> None:
+        cfg, m = self.cfg, self.cfg.model
+        kw = dict(hidden=list(m.hidden), t_dim=m.t_dim, cond_hidden=m.cond_hidden, t_cond_hidden=m.t_cond_hidden)
+        if m.kind == "vpsde":
+            kw["vpsde_target"] = m.vpsde_target
+        self.policy = make_generative_model(m.kind, self.action_dim, self.obs_dim, **kw).to(self.device)
+        self.critic = None
+        if cfg.critic.steps > 0:
+            c = cfg.critic
+            self.critic = IQLCritic(self.obs_dim, self.action_dim, hidden=tuple(c.hidden), expectile=c.expectile,
+                                    gamma=c.gamma, tau=c.tau, lr=c.lr).to(self.device)
+        self.behaviour = None
+        if cfg.policy.algo == "gmpg":
+            self.behaviour = make_generative_model(m.kind, self.action_dim, self.obs_dim, **kw).to(self.device)
+        self.ema = EMA(self.policy, cfg.policy.ema_decay) if cfg.policy.ema_decay else None
+        p = cfg.policy
+        self.algos: dict[str, Any] = {}
+        if self.behaviour is not None:
+            self.algos["behaviour"] = make_algorithm("bc", self.behaviour, lr=p.behaviour_lr, grad_clip=p.grad_clip)
+        hp: dict[str, Any] = dict(lr=p.lr, grad_clip=p.grad_clip)
+        if p.algo == "gmpo":
+            hp.update(beta=p.beta, clamp=p.clamp)
+        elif p.algo == "gmpg":
+            hp.update(beta=p.beta, sample_steps=p.sample_steps, solver=p.solver, exact_trace=p.exact_trace)
+        self.algos["policy"] = make_algorithm(p.algo, self.policy, critic=self.critic, behaviour=self.behaviour, **hp)
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        opts: dict[str, torch.optim.Optimizer] = {}
+        if self.critic is not None:
+            opts.update({f"critic.{k}": v for k, v in self.critic.optimizers().items()})
+        for stage, algo in self.algos.items():
+            opts.update({f"{stage}.{k}": v for k, v in algo.optimizers().items()})
+        return opts
+
+    # ---------------------------------------------------------------- checkpoints
+    def meta(self) -> dict[str, Any]:
+        plan = stage_plan(self.cfg)
+        return {
+            "config": self.cfg.model_dump(mode="json"),
+            "stage": plan[self.stage_idx][0] if self.stage_idx < len(plan) else "done",
+            "stage_idx": self.stage_idx, "stage_step": self.stage_step,
+            "finished": self.stage_idx >= len(plan),
+            "model": self.policy.config(),
+            "obs_dim": self.obs_dim, "action_dim": self.action_dim,
+            "obs_norm": self.obs_norm.to_dict(), "action_norm": self.act_norm.to_dict(),
+            "reward_scale": self.reward_scale, "reward_shift": self.cfg.data.reward_shift,
+            "env": self.store.attrs.get("env"), "obs_keys": self.store.attrs.get("obs_keys"),
+            "action_space": self.store.attrs.get("action_space"),
+            "ref_min_score": self.store.attrs.get("ref_min_score"),
+            "ref_max_score": self.store.attrs.get("ref_max_score"),
+            "store": str(Path(self.cfg.data.store).resolve()), "val_episodes": self.val_episodes,
+            "rng": rng_state(), "data_rng": self.data.generator.get_state().tolist(),
+            "time": time.time(),
+        }
+
+    def save(self) -> Path:
+        groups = {"policy": self.policy.state_dict()}
+        if self.ema is not None:
+            groups["ema"] = self.ema.module.state_dict()
+        if self.critic is not None:
+            groups["critic"] = self.critic.state_dict()
+        if self.behaviour is not None:
+            groups["behaviour"] = self.behaviour.state_dict()
+        return save_checkpoint(self.run_dir, self.global_step, groups, self.optimizers(), self.meta())
+
+    def restore(self, ck: Checkpoint) -> None:
+        m = ck.meta
+        if m["obs_dim"] != self.obs_dim or m["action_dim"] != self.action_dim:
+            raise DataError(f"checkpoint {ck.path}: obs/action dims {m['obs_dim']}/{m['action_dim']} do not match "
+                            f"the store {self.store.path} ({self.obs_dim}/{self.action_dim})")
+        load_module(self.policy, ck.group("policy"), f"checkpoint {ck.path} (policy)")
+        if self.ema is not None and ck.has("ema"):
+            load_module(self.ema.module, ck.group("ema"), f"checkpoint {ck.path} (ema)")
+        if self.critic is not None:
+            load_module(self.critic, ck.group("critic"), f"checkpoint {ck.path} (critic)")
+        if self.behaviour is not None:
+            load_module(self.behaviour, ck.group("behaviour"), f"checkpoint {ck.path} (behaviour)")
+        ck.load_optimizers(self.optimizers())
+        self.stage_idx, self.stage_step, self.global_step = m["stage_idx"], m["stage_step"], m["step"]
+        set_rng_state(m["rng"])
+        self.data.generator.set_state(torch.tensor(m["data_rng"], dtype=torch.uint8))
+
+    # ---------------------------------------------------------------- loop
+    def _update(self, stage: str, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        ctx = (torch.autocast("cuda", dtype=torch.bfloat16) if self.amp and self.device.type == "cuda"
+               else contextlib.nullcontext())
+        with ctx:
+            if stage == "critic":
+                assert self.critic is not None
+                return self.critic.update(batch)
+            metrics = self.algos[stage].update(batch)
+        if stage == "policy" and self.ema is not None:
+            self.ema.update(self.policy)
+        return metrics
+
+    def _enter_stage(self, stage: str) -> None:
+        if stage == "policy" and self.behaviour is not None and self.stage_step == 0:
+            # GMPG: the policy starts as the pretrained behaviour model mu.
+            self.policy.load_state_dict(self.behaviour.state_dict())
+            if self.ema is not None:
+                self.ema.module.load_state_dict(self.behaviour.state_dict())
+
+    def run(self, *, stop_after: int | None = None, on_eval=None) -> bool:
+        """Train until done (True) or until ``stop_after`` global steps in this call (False)."""
+        plan = stage_plan(self.cfg)
+        logger = MetricsLogger(self.run_dir)
+        done_here = 0
+        try:
+            while self.stage_idx < len(plan):
+                stage, total = plan[self.stage_idx]
+                bs = self.cfg.critic.batch_size if stage == "critic" else self.cfg.policy.batch_size
+                self._enter_stage(stage)
+                bar = tqdm(total=total, initial=self.stage_step, desc=f"{stage:9s}", disable=not self.progress,
+                           mininterval=0.5, dynamic_ncols=True, leave=True)
+                t0, n0 = time.perf_counter(), self.stage_step
+                while self.stage_step < total:
+                    metrics = self._update(stage, self.data.sample(bs))
+                    self.stage_step += 1
+                    self.global_step += 1
+                    done_here += 1
+                    bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+                    if bad:
+                        last = latest_checkpoint(self.run_dir)
+                        raise GenctlError(
+                            f"{stage} stage, step {self.stage_step}: {', '.join(bad)} became NaN/Inf; training stopped. "
+                            f"Last good checkpoint: {last or 'none'} (resume with a lower lr or grad_clip)")
+                    bar.update(1)
+                    if self.stage_step % self.cfg.log_every == 0 or self.stage_step == total:
+                        its = (self.stage_step - n0) / max(time.perf_counter() - t0, 1e-9)
+                        logger.log(self.global_step, {**metrics, "it_per_s": its}, stage=stage)
+                        bar.set_postfix({k: f"{v:.3g}" for k, v in list(metrics.items())[:3]}, refresh=False)
+                    if (stage == "policy" and on_eval is not None and self.cfg.eval.every
+                            and self.stage_step % self.cfg.eval.every == 0):
+                        self.save()
+                        logger.log(self.global_step, on_eval(self.run_dir), stage="eval")
+                    if self.stage_step == total:
+                        self.stage_idx += 1
+                        self.stage_step = 0
+                    if self.global_step % self.cfg.ckpt_every == 0 or self.stage_step == 0:
+                        self.save()
+                    if stop_after is not None and done_here >= stop_after:
+                        bar.close()
+                        self.save()
+                        return False
+                bar.close()
+            self.save()
+            return True
+        finally:
+            logger.close()
+
+
+def default_run_name(cfg: TrainConfig) -> str:
+    store = Path(cfg.data.store).name.removesuffix(".zarr") or "run"
+    return f"{store}-{cfg.policy.algo}-{cfg.model.kind}-s{cfg.seed}"
+
+
+def prepare_run(cfg: TrainConfig, *, overwrite: bool = False) -> Path:
+    name = cfg.name or default_run_name(cfg)
+    run_dir = Path(cfg.out_dir) / name
+    if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
+        raise GenctlError(f"run folder {run_dir} already exists: use --resume {run_dir} to continue it, "
+                          "name=<other> for a new run, or --overwrite")
+    if run_dir.exists() and overwrite:
+        import shutil
+
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
+    return run_dir
+
+
+def train(cfg: TrainConfig, *, overwrite: bool = False, progress: bool = True, stop_after: int | None = None,
+          on_eval=None) -> Path:
+    """Start a new run folder and train. Returns the run folder."""
+    run_dir = prepare_run(cfg, overwrite=overwrite)
+    Trainer(cfg, run_dir, progress=progress).run(stop_after=stop_after, on_eval=on_eval)
+    return run_dir
+
+
+def resume(run_dir: str | Path, *, progress: bool = True, stop_after: int | None = None, on_eval=None) -> Path:
+    """Continue a run exactly where its last checkpoint left it (config re-read from the run folder)."""
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.exists():
+        raise GenctlError(f"{run_dir} is not a run folder (no config.yaml)")
+    cfg = build_config(TrainConfig, file=cfg_path)
+    trainer = Trainer(cfg, run_dir, progress=progress)
+    ck_path = latest_checkpoint(run_dir)
+    if ck_path is not None:
+        trainer.restore(Checkpoint(ck_path))
+        log.info("resuming %s from %s", run_dir, ck_path.name)
+    trainer.run(stop_after=stop_after, on_eval=on_eval)
+    return run_dir

@@ -1,0 +1,249 @@
+"""genctl command line. Thin: parse arguments, build the typed config, call one function in genctl.apps.
+
+Errors caused by input (bad files, bad config) print one line and exit 2; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from genctl.errors import GenctlError
+
+EPILOG = """examples:
+  genctl demo                                   collect -> train -> eval -> rerun recording (PointMaze)
+  genctl collect PointMaze_UMaze-v3 --expert maze --episodes 300 --noise 0.3 -o data/umaze.zarr
+  genctl ingest hopper.hdf5 -o data/hopper.zarr
+  genctl train data.store=data/umaze.zarr policy.algo=gmpo policy.beta=3
+  genctl eval runs/umaze-gmpo-gvp-s0 --episodes 50 --rerun save rollouts.rrd
+  rerun runs/umaze-gmpo-gvp-s0/rollouts.rrd
+"""
+
+
+def _add_rerun(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rerun", nargs="+", metavar="MODE",
+                   help="spawn | serve | save PATH | connect ADDR (serve binds 127.0.0.1 and prints the URL)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="genctl", description="Generative policies (diffusion / flow matching) for robots: "
+        "GMPO and GMPG trained offline from demos, evaluated in closed loop in MuJoCo, shown live in rerun.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--debug", action="store_true", help="show full tracebacks")
+    ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    sub = ap.add_subparsers(dest="cmd", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("demo", help="the main job on an embedded default: collect demos, train GMPO, evaluate, record",
+                       description="Collect PointMaze demos with the scripted expert (BFS + PD, noisy), write a zarr "
+                       "store, train an IQL critic and a GMPO flow policy on the CPU, evaluate it in closed loop and "
+                       "save a rerun recording of the rollouts.")
+    p.add_argument("-o", "--out", default="outputs/demo", help="output folder (default: outputs/demo)")
+    p.add_argument("--env", default="PointMaze_UMaze-v3")
+    p.add_argument("--episodes", type=int, default=10, help="evaluation episodes")
+    p.add_argument("--fast", action="store_true", help="tiny budgets (smoke test, ~1 min)")
+    p.add_argument("overrides", nargs="*", help="training config overrides key=value")
+
+    p = sub.add_parser("collect", help="record demonstrations from a scripted expert into a zarr store")
+    p.add_argument("env", help="env id, e.g. PointMaze_Medium-v3 (see genctl envs)")
+    p.add_argument("--expert", required=True, help="scripted expert name (see genctl envs)")
+    p.add_argument("--episodes", type=int, required=True)
+    p.add_argument("--noise", type=float, default=0.0, help="Gaussian action noise sigma")
+    p.add_argument("--random-frac", type=float, default=0.0, help="fraction of episodes with uniform random actions")
+    p.add_argument("--workers", type=int, default=1, help="worker processes")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--images", action="store_true", help="also store camera frames (uint8, compressed)")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("-o", "--out", required=True, help="output store (.zarr)")
+
+    p = sub.add_parser("ingest", help="convert logged demos (Minari, D4RL-HDF5, robomimic-HDF5) into a zarr store")
+    p.add_argument("src", help="Minari dataset id or path, or an HDF5 file")
+    p.add_argument("-o", "--out", required=True)
+    p.add_argument("--format", choices=["minari", "d4rl", "robomimic"], help="default: detected")
+    p.add_argument("--obs-keys", help="comma-separated observation keys (robomimic)")
+    p.add_argument("--overwrite", action="store_true")
+
+    p = sub.add_parser("export", help="write a store out as a Minari dataset")
+    p.add_argument("store")
+    p.add_argument("--minari", required=True, metavar="ID", help="dataset id, e.g. genctl/umaze-expert-v0")
+    p.add_argument("--data-path", help="Minari root (default: $MINARI_DATASETS_PATH or ~/.minari/datasets)")
+
+    p = sub.add_parser("info", help="summarise a store: episodes, returns, keys, size, compression")
+    p.add_argument("store")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("train", help="train critic and policy (bc | gmpo | gmpg) from a store",
+                       description="Train from a zarr store. Configuration: defaults <- -c FILE <- key=value "
+                       "overrides (dotted, e.g. policy.algo=gmpg critic.steps=5000). The resolved config is written "
+                       "to the run folder; --resume RUN continues a run exactly where it stopped.")
+    p.add_argument("-c", "--config", help="YAML config file")
+    p.add_argument("--resume", metavar="RUN", help="continue the run in this folder (nothing else needed)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder of the same name")
+    p.add_argument("--stop-after", type=int, metavar="N", help="stop (with a checkpoint) after N steps in this call")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("overrides", nargs="*", help="key=value overrides")
+
+    p = sub.add_parser("eval", help="evaluate a trained run in closed loop; writes eval.json")
+    p.add_argument("run", help="run folder (runs/<name>) or checkpoint folder")
+    p.add_argument("--episodes", type=int, default=10)
+    p.add_argument("--envs", type=int, default=1, help="envs stepped side by side (one batched policy call)")
+    p.add_argument("--solver", choices=["euler", "heun", "midpoint"])
+    p.add_argument("--steps", type=int, help="sampler steps (default: the run's eval.steps)")
+    p.add_argument("--seed", type=int, default=0, help="first eval seed offset")
+    p.add_argument("--max-episode-steps", type=int)
+    p.add_argument("--candidates", type=int, default=64, help="candidate actions drawn per step for rerun")
+    p.add_argument("--rerun-episodes", type=int, help="record only the first N episodes in rerun")
+    p.add_argument("--frame-every", type=int, default=1, help="log a camera frame every N steps (0 = none)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("-o", "--out", help="eval.json path (default: RUN/eval.json)")
+    _add_rerun(p)
+
+    p = sub.add_parser("view", help="browse a store in rerun (observations, actions, frames, re-rendered sim)")
+    p.add_argument("store")
+    p.add_argument("--episodes", default="0:5", help="indices or ranges, e.g. 0,3,10:20 (default 0:5)")
+    p.add_argument("--render", action="store_true", help="re-render frames by replaying stored sim state")
+    _add_rerun(p)
+
+    p = sub.add_parser("envs", help="list registered envs and scripted experts")
+    p.add_argument("--json", action="store_true")
+    return ap
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    return not args.quiet and sys.stderr.isatty()
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from genctl.apps import train as tr
+    from genctl.config import TrainConfig, build_config, dump_yaml
+
+    if args.resume:
+        if args.config or args.overrides:
+            raise GenctlError("--resume takes no config or overrides: the run folder's config.yaml is used")
+        tr.resume(args.resume, progress=not args.quiet, stop_after=args.stop_after)
+        print(f"run: {args.resume}")
+        return 0
+    cfg = build_config(TrainConfig, file=args.config, overrides=args.overrides)
+    if args.print_config:
+        print(dump_yaml(cfg), end="")
+        return 0
+    run_dir = tr.train(cfg, overwrite=args.overwrite, progress=not args.quiet, stop_after=args.stop_after)
+    print(f"run: {run_dir}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from genctl.apps.evaluate import evaluate, format_report
+    from genctl.apps.viz import parse_rerun_arg
+
+    rerun = parse_rerun_arg(args.rerun)
+    r = evaluate(args.run, episodes=args.episodes, envs=args.envs, solver=args.solver, steps=args.steps,
+                 seed_start=args.seed, rerun=rerun, rerun_episodes=args.rerun_episodes, candidates=args.candidates,
+                 frame_every=args.frame_every, max_episode_steps=args.max_episode_steps, device=args.device,
+                 out=Path(args.out) if args.out else None, progress=not args.quiet)
+    print(format_report(r))
+    print(f"wrote {r['path']}")
+    for f in r.get("rerun_files", []):
+        print(f"rerun recording: {f}   view: rerun {f}")
+    if r.get("rerun_url"):
+        print(f"rerun viewer: {r['rerun_url']}")
+    return 0
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    from genctl.apps.collect import collect
+
+    out = collect(args.env, expert=args.expert, episodes=args.episodes, noise=args.noise,
+                  random_frac=args.random_frac, workers=args.workers, seed=args.seed, out=args.out,
+                  images=args.images, overwrite=args.overwrite, progress=not args.quiet)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from genctl.datasets import ingest
+
+    keys = [k.strip() for k in args.obs_keys.split(",")] if args.obs_keys else None
+    store = ingest(args.src, args.out, fmt=args.format, obs_keys=keys, overwrite=args.overwrite)
+    print(f"wrote {store.path}: {store.n_episodes} episodes, {store.n_transitions} transitions")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from genctl.datasets import export_minari
+
+    where = export_minari(args.store, args.minari, data_path=args.data_path)
+    print(f"wrote Minari dataset {args.minari}" + (f" at {where}" if where else ""))
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from genctl.datasets import format_info, store_info
+
+    info = store_info(args.store)
+    print(json.dumps(info, indent=2, default=str) if args.json else format_info(info))
+    return 0
+
+
+def cmd_view(args: argparse.Namespace) -> int:
+    from genctl.apps.view import view_store
+    from genctl.apps.viz import parse_rerun_arg
+
+    rerun = parse_rerun_arg(args.rerun) or ("save", str(Path(args.store).with_suffix(".rrd")))
+    files, url = view_store(args.store, episodes=args.episodes, rerun=rerun, render=args.render,
+                            progress=not args.quiet)
+    for f in files:
+        print(f"rerun recording: {f}   view: rerun {f}")
+    if url:
+        print(f"rerun viewer: {url}")
+    return 0
+
+
+def cmd_envs(args: argparse.Namespace) -> int:
+    from genctl.envs import env_ids, expert_names
+
+    data = {"envs": env_ids(), "experts": expert_names()}
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        print("envs:\n  " + "\n  ".join(data["envs"]))
+        experts = data["experts"]
+        items = experts.items() if isinstance(experts, dict) else ((e, "") for e in experts)
+        print("experts:\n  " + "\n  ".join(f"{k:22s} {v}" for k, v in items))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from genctl.apps.demo import run_demo
+
+    run_demo(Path(args.out), env_id=args.env, episodes=args.episodes, fast=args.fast, overrides=args.overrides,
+             progress=not args.quiet)
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "collect": cmd_collect, "ingest": cmd_ingest,
+            "export": cmd_export, "info": cmd_info, "view": cmd_view, "envs": cmd_envs, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for noisy in ("absl", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return COMMANDS[args.cmd](args)
+    except GenctlError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

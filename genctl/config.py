@@ -1,0 +1,173 @@
+"""Typed configuration. One pydantic model per concern; a whole run is a ``TrainConfig`` that validates itself
+once, is written into every run folder (``config.yaml``) and into every checkpoint's metadata.
+
+Load order: defaults <- YAML file (``-c FILE``) <- ``key=value`` overrides (dotted paths, YAML-typed values).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from genctl.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    store: str = Field("", description="path of the zarr episode store to train from")
+    val_frac: float = Field(0.05, ge=0.0, lt=1.0, description="fraction of episodes held out for validation")
+    obs_norm: Literal["gaussian", "minmax", "identity"] = "gaussian"
+    action_norm: Literal["gaussian", "minmax", "identity"] = Field(
+        "identity", description="identity keeps actions as logged (D4RL/gymnasium actions are already in [-1, 1])")
+    reward_scale: float | Literal["return_range"] = Field(
+        1.0, description="multiply rewards; 'return_range' = 1000/(max_return - min_return) as IQL does for locomotion")
+    reward_shift: float = Field(0.0, description="added after scaling (IQL uses -1 for AntMaze)")
+
+
+class ModelConfig(_Strict):
+    kind: Literal["vpsde", "gvp", "icfm"] = "gvp"
+    hidden: list[int] = Field(default_factory=lambda: [512, 256, 128])
+    t_dim: int = 32
+    cond_hidden: int = 32
+    t_cond_hidden: int = 128
+    vpsde_target: Literal["noise", "velocity"] = "noise"
+
+
+class CriticConfig(_Strict):
+    steps: int = Field(2000, ge=0, description="IQL gradient steps (0 skips the critic; only valid for bc)")
+    batch_size: int = Field(4096, ge=1)
+    hidden: list[int] = Field(default_factory=lambda: [256, 256])
+    lr: float = 3e-4
+    expectile: float = Field(0.7, gt=0.0, lt=1.0)
+    gamma: float = Field(0.99, gt=0.0, le=1.0)
+    tau: float = Field(0.005, gt=0.0, le=1.0)
+
+
+class PolicyConfig(_Strict):
+    algo: Literal["bc", "gmpo", "gmpg"] = "gmpo"
+    steps: int = Field(2000, ge=0)
+    batch_size: int = Field(4096, ge=1)
+    lr: float = 1e-4
+    beta: float = Field(1.0, description="GMPO temperature / GMPG Q weight")
+    clamp: float = Field(100.0, gt=0.0, description="GMPO weight clamp")
+    grad_clip: float | None = Field(None, description="max grad norm; None = no clipping (reference)")
+    ema_decay: float | None = Field(0.995, description="EMA of policy weights used for eval; None = off")
+    behaviour_steps: int = Field(2000, ge=0, description="GMPG: BC steps for the behaviour model mu")
+    behaviour_lr: float = 1e-4
+    sample_steps: int = Field(10, ge=1, description="GMPG: sampler steps through which gradients flow")
+    solver: Literal["euler", "heun", "midpoint"] = "euler"
+    exact_trace: bool = Field(True, description="GMPG: exact divergence (small action dims) vs Hutchinson")
+
+
+class EvalConfig(_Strict):
+    episodes: int = Field(10, ge=1)
+    envs: int = Field(1, ge=1, description="vectorised envs")
+    solver: Literal["euler", "heun", "midpoint"] = "euler"
+    steps: int = Field(32, ge=1, description="sampler steps at inference")
+    every: int = Field(0, ge=0, description="evaluate during training every N policy steps (0 = only at the end)")
+    max_episode_steps: int | None = None
+
+
+class TrainConfig(_Strict):
+    name: str = Field("", description="run name; default derived from the store and algorithm")
+    out_dir: str = "runs"
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(None, description="torch CPU threads; None = all cores")
+    amp: bool | None = Field(None, description="bf16 autocast; None = on for CUDA, off on CPU")
+    compile: bool | None = Field(None, description="torch.compile; None = on for CUDA, off on CPU")
+    log_every: int = Field(100, ge=1)
+    ckpt_every: int = Field(1000, ge=1)
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    critic: CriticConfig = Field(default_factory=CriticConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.policy.algo in ("gmpo", "gmpg") and self.critic.steps == 0:
+            raise ValueError(f"policy.algo={self.policy.algo} needs a critic: critic.steps must be > 0")
+        return self
+
+
+def parse_value(text: str) -> Any:
+    """Parse an override value as YAML (so ``1e-4``, ``true``, ``[512,256]``, ``null`` work)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. policy.beta=3.0")
+        key, value = item.split("=", 1)
+        node = data
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {p!r} is not a section")
+        node[parts[-1]] = parse_value(value)
+    return data
+
+
+def _format_validation(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"]) or "<root>"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field"
+        got = e.get("input")
+        got_s = "" if isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"  {loc}: {msg}{got_s}")
+    return "\n".join(lines)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError as e:
+        raise ConfigError(f"config file {path} does not exist") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def build_config(model: type[BaseModel], *, base: dict[str, Any] | None = None, file: str | Path | None = None,
+                 overrides: list[str] | None = None) -> Any:
+    data: dict[str, Any] = dict(base or {})
+    source = "defaults"
+    if file is not None:
+        data = _deep_merge(data, load_yaml(file))
+        source = str(file)
+    if overrides:
+        data = apply_overrides(data, list(overrides))
+        source += " + command-line overrides"
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_validation(e, source)) from None
+
+
+def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def dump_yaml(cfg: BaseModel) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
