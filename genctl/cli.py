@@ -112,10 +112,6 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _progress(args: argparse.Namespace) -> bool:
-    return not args.quiet and sys.stderr.isatty()
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from genctl.apps import train as tr
     from genctl.config import TrainConfig, build_config, dump_yaml
