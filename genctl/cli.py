@@ -113,10 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from genctl.apps import train as tr
     from genctl.config import TrainConfig, build_config, dump_yaml
 
     if args.resume:
+        from genctl.apps import train as tr
+
         if args.config or args.overrides:
             raise GenctlError("--resume takes no config or overrides: the run folder's config.yaml is used")
         tr.resume(args.resume, progress=not args.quiet, stop_after=args.stop_after)
@@ -126,6 +127,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.print_config:
         print(dump_yaml(cfg), end="")
         return 0
+    from genctl.apps import train as tr
+
     run_dir = tr.train(cfg, overwrite=args.overwrite, progress=not args.quiet, stop_after=args.stop_after)
     print(f"run: {run_dir}")
     return 0

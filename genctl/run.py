@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from genctl.errors import DataError
@@ -136,7 +136,7 @@ class Checkpoint:
                 raise DataError(f"checkpoint {self.path}: {f.name} is missing")
             try:
                 self._groups[name] = load_file(str(f))
-            except (SafetensorsError, OSError, ValueError) as e:
+            except (SafetensorError, OSError, ValueError) as e:
                 raise DataError(f"checkpoint file {f}: cannot be read as safetensors ({e})") from e
         return self._groups[name]
 
