@@ -107,6 +107,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--render", action="store_true", help="re-render frames by replaying stored sim state")
     _add_rerun(p)
 
+    p = sub.add_parser("run", help="real-time control: step one env at a fixed rate, count deadline misses",
+                       description="Step one env at --hz while the policy runs in its own thread. When the policy "
+                       "is late the loop keeps going with the last action (hold) and counts a deadline miss.")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--hz", type=float, required=True, help="control rate")
+    p.add_argument("--episodes", type=int, default=1)
+    p.add_argument("--late", choices=["hold", "chunk"], default="hold", help="what to do when the policy is late")
+    p.add_argument("--solver", choices=["euler", "heun", "midpoint"])
+    p.add_argument("--steps", type=int)
+    p.add_argument("--max-steps", type=int, help="stop each episode after N control ticks")
+
+    p = sub.add_parser("plot", help="PNG learning curves and action-sample distributions of a run")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--states", type=int, default=6, help="states at which to draw action samples")
+    p.add_argument("--samples", type=int, default=256)
+
     p = sub.add_parser("envs", help="list registered envs and scripted experts")
     p.add_argument("--json", action="store_true")
     return ap
@@ -201,6 +217,28 @@ def cmd_view(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from genctl.apps.realtime import run_realtime
+
+    r = run_realtime(args.run, hz=args.hz, episodes=args.episodes, late=args.late, solver=args.solver,
+                     steps=args.steps, max_steps=args.max_steps)
+    print(f"target {r['hz_target']:.1f} Hz, achieved {r['hz_achieved']:.1f} Hz over {r['ticks']} ticks; "
+          f"deadline misses {r['deadline_misses']} ({100 * r['miss_rate']:.1f}%); policy p50 "
+          f"{r['latency_ms']['p50']:.2f} ms p99 {r['latency_ms']['p99']:.2f} ms")
+    for e in r["episodes"]:
+        print(f"  episode {e['episode']}: return {e['return']:.2f} success {e['success']} length {e['length']}")
+    print(f"wrote {r['path']}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from genctl.apps.plot import plot_run
+
+    for f in plot_run(args.run, states=args.states, samples=args.samples):
+        print(f"wrote {f}")
+    return 0
+
+
 def cmd_envs(args: argparse.Namespace) -> int:
     from genctl.envs import env_ids, expert_names
 
@@ -224,7 +262,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "collect": cmd_collect, "ingest": cmd_ingest,
-            "export": cmd_export, "info": cmd_info, "view": cmd_view, "envs": cmd_envs, "demo": cmd_demo}
+            "export": cmd_export, "info": cmd_info, "view": cmd_view, "envs": cmd_envs, "demo": cmd_demo,
+            "run": cmd_run, "plot": cmd_plot}
 
 
 def main(argv: list[str] | None = None) -> int:

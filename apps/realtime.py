@@ -1,0 +1,128 @@
+"""Real-time control: one env stepped at a fixed rate while the policy runs in its own thread.
+
+The control loop never waits for the policy. At each tick it applies the newest action the policy thread
+has published; if none arrived since the last tick, that is a deadline miss and the loop holds the last
+action (``late="hold"``) or, for a policy that predicts several actions at once, takes the next one from the
+current chunk (``late="chunk"``; single-step policies fall back to hold).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from genctl.apps.policy import LoadedPolicy
+from genctl.envs import eval_seeds, make_env_from_info
+from genctl.errors import GenctlError
+from genctl.fsutil import atomic_write_json
+
+
+class _PolicyThread(threading.Thread):
+    def __init__(self, policy: LoadedPolicy, solver: str | None, steps: int | None):
+        super().__init__(daemon=True)
+        self.policy, self.solver, self.steps = policy, solver, steps
+        self.cv = threading.Condition()
+        self.obs: np.ndarray | None = None
+        self.obs_id = -1
+        self.action: np.ndarray | None = None
+        self.action_id = -1
+        self.latencies: list[float] = []
+        self.stop = False
+        self.error: BaseException | None = None
+
+    def submit(self, obs: np.ndarray, obs_id: int) -> None:
+        with self.cv:
+            self.obs, self.obs_id = obs, obs_id
+            self.cv.notify()
+
+    def latest(self) -> tuple[np.ndarray | None, int]:
+        with self.cv:
+            return self.action, self.action_id
+
+    def run(self) -> None:
+        done = -1
+        try:
+            while True:
+                with self.cv:
+                    while not self.stop and self.obs_id == done:
+                        self.cv.wait(0.1)
+                    if self.stop:
+                        return
+                    obs, oid = self.obs, self.obs_id
+                t0 = time.perf_counter()
+                a = self.policy.act(obs[None], solver=self.solver, steps=self.steps)[0]
+                self.latencies.append(time.perf_counter() - t0)
+                with self.cv:
+                    self.action, self.action_id = a, oid
+                done = oid
+        except BaseException as e:  # surfaced by the control loop
+            self.error = e
+
+
+def run_realtime(run: str | Path, *, hz: float, episodes: int = 1, late: str = "hold", solver: str | None = None,
+                 steps: int | None = None, seed: int = 0, max_steps: int | None = None) -> dict[str, Any]:
+    if hz <= 0:
+        raise GenctlError(f"--hz must be > 0 (got {hz})")
+    if late not in ("hold", "chunk"):
+        raise GenctlError(f"--late must be hold or chunk (got {late!r})")
+    policy = LoadedPolicy.from_run(run)
+    if policy.env_info is None:
+        raise GenctlError(f"{run}: the training store recorded no env")
+    env = make_env_from_info(policy.env_info)
+    period = 1.0 / hz
+    worker = _PolicyThread(policy, solver, steps)
+    worker.start()
+    eps = []
+    ticks = misses = 0
+    t_start = time.perf_counter()
+    try:
+        for ep_i, s in enumerate(eval_seeds(episodes, start=seed)):
+            obs, _ = env.reset(seed=s)
+            ret, success, n, last = 0.0, False, 0, np.zeros(env.action_space.shape, np.float32)
+            obs_id = ticks
+            worker.submit(obs.astype(np.float32), obs_id)
+            next_tick = time.perf_counter()
+            while True:
+                next_tick += period
+                action, aid = worker.latest()
+                if worker.error is not None:
+                    raise worker.error
+                if action is not None and aid == obs_id:
+                    last = action
+                else:
+                    misses += 1  # policy late for this observation: hold the last action
+                obs, r, term, trunc, info = env.step(last)
+                ticks += 1
+                n += 1
+                ret += float(r)
+                success |= bool(info.get("success", False))
+                obs_id = ticks
+                worker.submit(obs.astype(np.float32), obs_id)
+                if term or trunc or (max_steps and n >= max_steps):
+                    break
+                delay = next_tick - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+                else:
+                    next_tick = time.perf_counter()  # overran: do not try to catch up in a burst
+            eps.append({"episode": ep_i, "seed": s, "return": ret, "success": success, "length": n})
+    finally:
+        worker.stop = True
+        with worker.cv:
+            worker.cv.notify()
+        worker.join(timeout=5)
+        env.close()
+    wall = time.perf_counter() - t_start
+    lat = np.array(worker.latencies or [0.0]) * 1e3
+    report = {"hz_target": hz, "hz_achieved": ticks / wall if wall else 0.0, "ticks": ticks,
+              "deadline_misses": misses, "miss_rate": misses / max(ticks, 1), "late_policy": late,
+              "latency_ms": {"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99))},
+              "episodes": eps}
+    run_dir = Path(run) if (Path(run) / "config.yaml").exists() else policy.ck.path.parent.parent
+    atomic_write_json(run_dir / "realtime.json", report)
+    report["path"] = str(run_dir / "realtime.json")
+    return report
