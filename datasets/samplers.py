@@ -1,0 +1,165 @@
+"""Samplers: transitions for critics, windows for sequence policies, and the train/val split.
+
+Training indexes RAM, never zarr: a random batch touches nearly every chunk, so it costs a full decode on disk
+but one gather in memory (stack-notes §f).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from genctl.datasets.store import EpisodeStore
+from genctl.errors import DataError
+
+TRANSITION_KEYS = ("obs", "action", "reward", "next_obs", "terminal")
+
+
+def episode_split(n_episodes: int, val_frac: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Random split by whole episodes (no window straddles train and val). At least one episode stays in
+    train; at least one goes to val when ``val_frac > 0`` and there are two or more episodes."""
+    if n_episodes < 1 or not 0.0 <= val_frac < 1.0:
+        raise DataError(f"episode_split: need n_episodes >= 1 and 0 <= val_frac < 1 (got {n_episodes}, {val_frac})")
+    n_val = int(round(n_episodes * val_frac))
+    if val_frac > 0 and n_episodes > 1:
+        n_val = max(n_val, 1)
+    n_val = min(n_val, n_episodes - 1)
+    perm = np.random.default_rng(seed).permutation(n_episodes)
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def load_transitions(store: EpisodeStore, episodes: Any = None) -> dict[str, np.ndarray]:
+    """Flat float32 arrays ``obs, action, reward, next_obs, terminal`` (terminal = terminated, not truncated).
+
+    Without stored ``next_obs`` (a D4RL file lacking ``next_observations``) the next observation is the next row
+    of the same episode; the last step of an episode that did not terminate has no known successor, so it is
+    left out rather than bootstrapped from a wrong state."""
+    data = store.load(["action", "reward", "terminated"], episodes)
+    obs = store.flat_obs(False, episodes)
+    out = {"obs": obs, "action": data["action"], "reward": data["reward"].astype(np.float32),
+           "terminal": data["terminated"].astype(np.float32)}
+    if store.has_next_obs():
+        out["next_obs"] = store.flat_obs(True, episodes)
+        return out
+    eps = np.arange(store.n_episodes) if episodes is None else np.asarray(episodes, np.int64).reshape(-1)
+    lengths = store.episode_lengths()[eps]
+    last = np.cumsum(lengths) - 1
+    nxt = np.arange(1, len(obs) + 1)
+    nxt[last] = last  # terminal steps: successor unused; keep in range
+    keep = np.ones(len(obs), bool)
+    keep[last[data["terminated"][last] == 0]] = False
+    out["next_obs"] = obs[nxt]
+    return {k: np.ascontiguousarray(v[keep]) for k, v in out.items()}
+
+
+class TransitionBatcher:
+    """Uniform random minibatches from arrays held in memory (on ``device``).
+
+    All keys live in one contiguous (N, sum of widths) float32 tensor, so a batch is one ``randint`` plus one
+    ``index_select`` — a single gather instead of one per key. Returned tensors are column views of that batch.
+    With ``world_size > 1`` each rank draws from its own independent stream (seeded from (seed, rank)), so data
+    parallel workers do not see identical batches."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], batch_size: int, *, device: Any = "cpu", seed: int = 0,
+                 rank: int = 0, world_size: int = 1) -> None:
+        import torch
+
+        if not 0 <= rank < world_size:
+            raise DataError(f"TransitionBatcher: rank {rank} not in [0, world_size={world_size})")
+        if batch_size < 1 or not arrays:
+            raise DataError("TransitionBatcher: need batch_size >= 1 and at least one array")
+        lengths = {k: len(v) for k, v in arrays.items()}
+        n = next(iter(lengths.values()))
+        if any(v != n for v in lengths.values()) or n == 0:
+            raise DataError(f"TransitionBatcher: arrays must have equal, non-zero lengths (got {lengths})")
+        self.keys = list(arrays)
+        self.shapes = {k: np.asarray(v).shape[1:] for k, v in arrays.items()}
+        widths = [int(np.prod(self.shapes[k], dtype=np.int64)) for k in self.keys]
+        table = np.empty((n, sum(widths)), np.float32)
+        col = 0
+        self._cols: list[tuple[str, int, int]] = []
+        for k, w in zip(self.keys, widths, strict=True):
+            table[:, col:col + w] = np.asarray(arrays[k], np.float32).reshape(n, w)
+            self._cols.append((k, col, col + w))
+            col += w
+        self.device = torch.device(device)
+        self.table = torch.from_numpy(table).to(self.device)
+        self.n, self.batch_size, self.rank, self.world_size = n, batch_size, rank, world_size
+        self.generator = torch.Generator(device=self.device)
+        stream = np.random.SeedSequence([seed, rank, world_size]).generate_state(2, np.uint32)
+        self.generator.manual_seed(int(stream[0]) << 32 | int(stream[1]))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def sample(self) -> dict[str, Any]:
+        import torch
+
+        idx = torch.randint(self.n, (self.batch_size,), generator=self.generator, device=self.device)
+        rows = self.table.index_select(0, idx)
+        out = {}
+        for k, a, b in self._cols:
+            out[k] = rows[:, a:b].reshape(self.batch_size, *self.shapes[k])  # a view for 0-d/1-d keys
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        """Generator state as a JSON-friendly list, for exact resume."""
+        return {"generator": self.generator.get_state().tolist()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        import torch
+
+        self.generator.set_state(torch.tensor(state["generator"], dtype=torch.uint8))
+
+
+class SequenceSampler:
+    """Fixed-length windows over episodes, padded at the edges by repeating the first/last frame.
+
+    Same windows as Diffusion Policy's ``create_indices``: start offsets run from ``-pad_before`` to
+    ``L - horizon + pad_after`` in each episode of length L. A window is gathered as
+    ``clip(start + arange(horizon), ep_start, ep_end - 1)``, which is exactly edge padding, for a whole batch at
+    once. Observation keys keep only the first ``n_obs_steps`` frames (history), other keys the full horizon
+    (action chunk)."""
+
+    def __init__(self, episode_ends: Any, horizon: int, n_obs_steps: int = 1, pad_before: int = 0,
+                 pad_after: int = 0, episodes: Any = None) -> None:
+        ends = np.asarray(episode_ends, np.int64)
+        if horizon < 1 or not 1 <= n_obs_steps <= horizon or pad_before < 0 or pad_after < 0:
+            raise DataError(f"SequenceSampler: need horizon >= n_obs_steps >= 1 and pads >= 0 "
+                            f"(horizon={horizon}, n_obs_steps={n_obs_steps}, pads={pad_before},{pad_after})")
+        self.horizon, self.n_obs_steps = horizon, n_obs_steps
+        self.pad_before, self.pad_after = pad_before, pad_after
+        starts = np.concatenate([[0], ends[:-1]])
+        eps = np.arange(len(ends)) if episodes is None else np.asarray(episodes, np.int64).reshape(-1)
+        ep_start, ep_end = starts[eps], ends[eps]
+        counts = np.maximum(ep_end - ep_start - horizon + pad_after + pad_before + 1, 0)
+        rep = np.repeat(np.arange(len(eps)), counts)
+        first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        offset = np.arange(int(counts.sum())) - first[rep] - pad_before
+        # indices: (n_windows, 3) = window start row (may be before ep_start), episode start row, episode end row
+        self.indices = np.stack([ep_start[rep] + offset, ep_start[rep], ep_end[rep]], axis=1).astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def rows(self, idx: Any) -> np.ndarray:
+        """(B, horizon) row numbers into the concatenated arrays for windows ``idx`` (edge-clipped)."""
+        win = self.indices[np.asarray(idx, np.int64).reshape(-1)]
+        t = win[:, :1] + np.arange(self.horizon)
+        return np.clip(t, win[:, 1:2], win[:, 2:3] - 1)
+
+    def sample(self, arrays: dict[str, np.ndarray], idx: Any, obs_keys: Any = None) -> dict[str, np.ndarray]:
+        """Gather windows ``idx`` from in-memory ``arrays``: obs-like keys (B, n_obs_steps, ...), others
+        (B, horizon, ...). ``obs_keys`` defaults to keys starting with obs, image or state."""
+        rows = self.rows(idx)
+        if obs_keys is None:
+            obs_keys = [k for k in arrays if k.split("/")[0] in ("obs", "image", "state")]
+        out = {}
+        for k, a in arrays.items():
+            r = rows[:, : self.n_obs_steps] if k in obs_keys else rows
+            out[k] = a[r]
+        return out
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.rows([i])[0]

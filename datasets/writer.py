@@ -1,0 +1,267 @@
+"""StoreWriter: build a zarr episode store atomically from a stream of episodes.
+
+Episodes are buffered and appended in large blocks (one resize + one slice write per key per block), because
+per-episode zarr writes make collecting many short episodes slow. Normalisation statistics are accumulated per
+block while writing, so no second pass over the data is needed. Everything is built in a hidden temporary
+sibling of the target and renamed into place only after the attributes are written: a killed process leaves
+either the previous store or nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import json
+import os
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec, ZstdCodec
+
+from genctl.datasets.schema import FORMAT_VERSION, check_key_set, coerce, key_kind, obs_keys_of
+from genctl.errors import DataError
+from genctl.fsutil import cleanup_stale, replace_dir, temp_sibling
+
+BLOCK_ROWS = 1 << 18  # rows buffered before a block is appended
+BLOCK_BYTES = 64 << 20  # ... or bytes, whichever comes first (images)
+CHUNK_BYTES = 4 << 20  # target uncompressed chunk size for non-image arrays
+STAT_KINDS = ("float32",)
+
+
+def numeric_compressor() -> BloscCodec:
+    """lz4 + bitshuffle: the fastest codec measured for float data (stack-notes §f), still shrinks flags."""
+    return BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
+
+
+def image_compressor() -> ZstdCodec:
+    return ZstdCodec(level=3)
+
+
+class RunningStats:
+    """Per-dimension count/mean/M2/min/max merged block by block (Chan et al.), in float64."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.mean: np.ndarray | None = None
+        self.m2: np.ndarray | None = None
+        self.min: np.ndarray | None = None
+        self.max: np.ndarray | None = None
+
+    def update(self, x: np.ndarray) -> None:
+        x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+        nb = len(x)
+        if nb == 0:
+            return
+        mb = x.mean(axis=0)
+        m2b = ((x - mb) ** 2).sum(axis=0)
+        lo, hi = x.min(axis=0), x.max(axis=0)
+        if self.n == 0:
+            self.n, self.mean, self.m2, self.min, self.max = nb, mb, m2b, lo, hi
+            return
+        n = self.n + nb
+        delta = mb - self.mean
+        self.mean = self.mean + delta * (nb / n)
+        self.m2 = self.m2 + m2b + delta**2 * (self.n * nb / n)
+        self.min, self.max = np.minimum(self.min, lo), np.maximum(self.max, hi)
+        self.n = n
+
+    def to_dict(self) -> dict[str, list[float]]:
+        std = np.sqrt(self.m2 / max(self.n, 1))
+        return {"mean": self.mean.tolist(), "std": std.tolist(), "min": self.min.tolist(),
+                "max": self.max.tolist(), "count": self.n}
+
+
+def _summary(x: np.ndarray) -> dict[str, float]:
+    x = np.asarray(x, dtype=np.float64)
+    return {"mean": float(x.mean()), "std": float(x.std()), "min": float(x.min()), "max": float(x.max()),
+            "count": int(len(x))}
+
+
+def json_clean(obj: Any) -> Any:
+    """numpy scalars/arrays -> Python; non-finite floats -> None (zarr attrs must be strict JSON)."""
+    if isinstance(obj, dict):
+        return {str(k): json_clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_clean(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return json_clean(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
+def _swap_into_place(tmp: Path, target: Path) -> None:
+    """Replace ``target`` by ``tmp`` with no instant where neither exists under ``target``.
+
+    Linux ``renameat2(RENAME_EXCHANGE)`` swaps two directories atomically; where it is unavailable, fall back to
+    :func:`genctl.fsutil.replace_dir` (which has a short window where ``target`` is renamed away)."""
+    if target.exists():
+        libc_name = ctypes.util.find_library("c")
+        with contextlib.suppress(Exception):
+            libc = ctypes.CDLL(libc_name, use_errno=True)
+            at_fdcwd, rename_exchange = -100, 2
+            if libc.renameat2(at_fdcwd, os.fsencode(tmp), at_fdcwd, os.fsencode(target), rename_exchange) == 0:
+                shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the previous version
+                return
+    replace_dir(tmp, target)
+
+
+class StoreWriter:
+    """Context manager writing episodes to a new store at ``path`` (see docs/contracts.md)."""
+
+    def __init__(self, path: str | os.PathLike, attrs: dict | None = None, *, overwrite: bool = False,
+                 block_rows: int = BLOCK_ROWS) -> None:
+        self.path = Path(path)
+        self.attrs = dict(attrs or {})
+        self.overwrite = overwrite
+        self.block_rows = block_rows
+        if self.path.exists() and not overwrite:
+            raise DataError(f"store {self.path} already exists (pass overwrite=True to replace it)")
+        self._tmp: Path | None = None
+        self._root: zarr.Group | None = None
+        self._arrays: dict[str, zarr.Array] = {}
+        self._schema: dict[str, tuple[np.dtype, tuple[int, ...]]] | None = None
+        self._buf: dict[str, list[np.ndarray]] = {}
+        self._buf_rows = 0
+        self._buf_bytes = 0
+        self._written = 0
+        self._ends: list[int] = []
+        self._returns: list[float] = []
+        self._stats: dict[str, RunningStats] = {}
+
+    @property
+    def n_episodes(self) -> int:
+        return len(self._ends)
+
+    def __enter__(self) -> StoreWriter:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        cleanup_stale(self.path.parent, self.path.name)
+        self._tmp = temp_sibling(self.path)
+        self._root = zarr.open_group(self._tmp, mode="w")
+        self._root.create_group("data")
+        self._root.create_group("meta")
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self._discard()
+            return
+        try:
+            self._finish()
+        except BaseException:
+            self._discard()
+            raise
+
+    def _discard(self) -> None:
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+    # --- episodes -------------------------------------------------------------------------------------------
+    def add_episode(self, ep: dict[str, np.ndarray]) -> None:
+        """Validate one episode and buffer it; all-or-nothing (a bad episode leaves the writer unchanged)."""
+        if self._root is None:
+            raise RuntimeError("StoreWriter must be used as a context manager")
+        where = f"store {self.path}, episode {self.n_episodes}"
+        keys = sorted(ep)
+        for k in keys:
+            key_kind(k)
+        check_key_set(keys, where)
+        if self._schema is not None and keys != sorted(self._schema):
+            extra, missing = set(keys) - set(self._schema), set(self._schema) - set(keys)
+            raise DataError(f"{where}: keys differ from the first episode (missing {sorted(missing)}, "
+                            f"extra {sorted(extra)})")
+        arrays = {k: coerce(k, ep[k], where) for k in keys}
+        lengths = {k: (len(a) if a.ndim else -1) for k, a in arrays.items()}
+        t = lengths["action"]
+        bad = [k for k, n in lengths.items() if n != t]
+        if t < 1 or bad:
+            raise DataError(f"{where}: length mismatch: field(s) {bad or ['action']} have lengths "
+                            f"{[lengths[k] for k in bad] or [t]}, expected {t if t >= 1 else '>= 1'} "
+                            "(the length of 'action')")
+        if self._schema is None:
+            self._schema = {k: (a.dtype, a.shape[1:]) for k, a in arrays.items()}
+        for k, a in arrays.items():
+            dtype, shape = self._schema[k]
+            if a.dtype != dtype or a.shape[1:] != shape:
+                raise DataError(f"{where}: field {k!r} has dtype {a.dtype} shape {a.shape[1:]} per step, "
+                                f"expected {dtype} {shape} like the first episode")
+        for k, a in arrays.items():
+            self._buf.setdefault(k, []).append(a)
+            self._buf_bytes += a.nbytes
+        self._buf_rows += t
+        self._ends.append((self._ends[-1] if self._ends else 0) + t)
+        self._returns.append(float(np.sum(arrays["reward"], dtype=np.float64)))
+        if self._buf_rows >= self.block_rows or self._buf_bytes >= BLOCK_BYTES:
+            self._flush()
+
+    def _create(self, key: str, block: np.ndarray) -> zarr.Array:
+        data = self._root["data"]
+        if key_kind(key) == "image":
+            chunks, comp = (1, *block.shape[1:]), image_compressor()
+        else:
+            row = max(1, block.dtype.itemsize * int(np.prod(block.shape[1:], dtype=np.int64)))
+            rows = int(min(max(CHUNK_BYTES // row, 1024), 1 << 20, max(len(block), 1024)))
+            chunks, comp = (rows, *block.shape[1:]), numeric_compressor()
+        return data.create_array(key, shape=(0, *block.shape[1:]), chunks=chunks, dtype=block.dtype,
+                                 compressors=[comp], config={"write_empty_chunks": True})
+
+    def _flush(self) -> None:
+        if not self._buf_rows:
+            return
+        start, stop = self._written, self._written + self._buf_rows
+        for key, parts in self._buf.items():
+            block = parts[0] if len(parts) == 1 else np.concatenate(parts)
+            arr = self._arrays.get(key)
+            if arr is None:
+                arr = self._arrays[key] = self._create(key, block)
+            arr.resize((stop, *block.shape[1:]))
+            arr[start:stop] = block
+            if key_kind(key) in STAT_KINDS:
+                self._stats.setdefault(key, RunningStats()).update(block)
+        self._written = stop
+        self._buf, self._buf_rows, self._buf_bytes = {}, 0, 0
+
+    # --- finish ---------------------------------------------------------------------------------------------
+    def _stats_dict(self) -> dict[str, Any]:
+        stats: dict[str, Any] = {k: s.to_dict() for k, s in self._stats.items()}
+        names = obs_keys_of(list(self._schema))
+        if names:  # flat obs = concatenation of obs/<name> in sorted order
+            parts = [stats[f"obs/{n}"] for n in names]
+            stats["obs"] = {f: [v for p in parts for v in p[f]] for f in ("mean", "std", "min", "max")}
+            stats["obs"]["count"] = parts[0]["count"]
+        stats["episode_return"] = _summary(np.asarray(self._returns))
+        return stats
+
+    def _finish(self) -> None:
+        if not self._ends:
+            raise DataError(f"store {self.path}: no episodes were added; nothing written")
+        self._flush()
+        self._root["meta"].create_array("episode_ends", data=np.asarray(self._ends, dtype=np.int64),
+                                        chunks=(max(len(self._ends), 1),))
+        attrs = {"format_version": FORMAT_VERSION, "created": datetime.now(UTC).isoformat(timespec="seconds"),
+                 "source": None, "env": None, "observation_space": None, "action_space": None,
+                 "ref_min_score": None, "ref_max_score": None}
+        attrs.update(self.attrs)
+        attrs["format_version"] = FORMAT_VERSION
+        attrs["obs_keys"] = obs_keys_of(list(self._schema))
+        attrs["stats"] = self._stats_dict()
+        attrs = json_clean(attrs)
+        try:
+            json.dumps(attrs, allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise DataError(f"store {self.path}: attributes are not JSON-serialisable: {e}") from None
+        self._root.attrs.update(attrs)
+        tmp, self._tmp = self._tmp, None
+        try:
+            _swap_into_place(tmp, self.path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
