@@ -1,0 +1,166 @@
+"""Policy-extraction algorithms: BC, GMPO (advantage-weighted matching) and GMPG (generative policy gradient).
+
+Each algorithm owns the policy's Adam optimizer and does one gradient step per ``update(batch)``; the
+training loop, EMA, checkpoints and logging live in ``genctl.apps``. The critic (and GMPG's behaviour model)
+is trained beforehand by the caller and only read here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .critic import IQLCritic
+from .generative import GenerativeModel
+from .optim import clip_and_step, make_adam
+from .solvers import check_solver
+
+
+def gmpo_weights(q: Tensor, v: Tensor, beta: float, clamp: float) -> Tensor:
+    """min(exp(beta (Q - V)), clamp), computed as exp(min(beta (Q - V), log clamp)) so it never overflows."""
+    return torch.exp(torch.clamp(beta * (q - v), max=math.log(clamp)))
+
+
+@contextlib.contextmanager
+def frozen(*modules: nn.Module | None) -> Iterator[None]:
+    """Temporarily stop parameter gradients (gradients still flow *through* the modules to their inputs)."""
+    params = [p for m in modules if m is not None for p in m.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+class Algorithm:
+    """Base: one Adam on the policy, optional grad-norm clipping, ``update`` -> float metrics."""
+
+    name = ""
+
+    def __init__(self, model: GenerativeModel, *, lr: float = 1e-4, grad_clip: float | None = None):
+        self.model = model
+        self.lr, self.grad_clip = float(lr), grad_clip
+        self._params = [p for p in model.parameters() if p.requires_grad]
+        self._opt = make_adam(self._params, self.lr)
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"policy": self._opt}
+
+    def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        raise NotImplementedError
+
+    def update(self, batch: dict[str, Tensor]) -> dict[str, float]:
+        loss, stats = self.loss(batch)
+        self._opt.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = clip_and_step(self._opt, self._params, self.grad_clip)
+        out = {"loss": loss.item(), **{k: float(v) for k, v in stats.items()}}
+        if norm is not None:
+            out["grad_norm"] = norm
+        return out
+
+
+class BC(Algorithm):
+    """Plain generative behaviour cloning: mean matching loss on dataset actions."""
+
+    name = "bc"
+
+    def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        return self.model.loss(batch["action"], batch["obs"]).mean(), {}
+
+
+class GMPO(Algorithm):
+    """mean(w * matching loss), w = min(exp(beta (Q - V)), clamp) from the frozen critic; no normalisation."""
+
+    name = "gmpo"
+
+    def __init__(self, model: GenerativeModel, critic: IQLCritic, *, beta: float = 1.0, clamp: float = 100.0,
+                 lr: float = 1e-4, grad_clip: float | None = None):
+        super().__init__(model, lr=lr, grad_clip=grad_clip)
+        if critic is None:
+            raise ValueError("gmpo needs a trained critic")
+        self.critic, self.beta, self.clamp = critic, float(beta), float(clamp)
+
+    def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        obs, act = batch["obs"], batch["action"]
+        with torch.no_grad():
+            adv = self.critic.q(obs, act) - self.critic.v(obs)
+            w = gmpo_weights(adv, torch.zeros_like(adv), self.beta, self.clamp)
+        loss = (w * self.model.loss(act, obs)).mean()
+        clamped = (self.beta * adv >= math.log(self.clamp)).float().mean()
+        return loss, {"weight_mean": w.mean(), "clamped_frac": clamped, "adv_mean": adv.mean()}
+
+
+class GMPG(Algorithm):
+    """Pathwise policy gradient through the ODE sampler with a reverse-KL penalty towards mu.
+
+    loss = mean[-beta Q(s, a) + (log pi(a|s) - log mu(a|s)) / (D ln 2)], a = ODESolve_theta(z; s).
+    log pi comes from the generation trajectory itself (no second solve); log mu needs a reverse solve of mu,
+    under frozen mu parameters but differentiable w.r.t. a. ``exact_trace=None`` picks exact for D <= 8.
+    ``checkpoint`` recomputes each solver step in backward: memory O(steps * B * D) + one step's activations.
+    """
+
+    name = "gmpg"
+
+    def __init__(self, model: GenerativeModel, critic: IQLCritic, behaviour: GenerativeModel, *,
+                 beta: float = 1.0, sample_steps: int = 10, solver: str = "euler", exact_trace: bool | None = None,
+                 n_probes: int = 1, checkpoint: bool = True, init_from_behaviour: bool = True, lr: float = 1e-4,
+                 grad_clip: float | None = None):
+        if critic is None or behaviour is None:
+            raise ValueError("gmpg needs a trained critic and a pretrained behaviour model")
+        check_solver(solver, sample_steps)
+        if init_from_behaviour:
+            model.load_state_dict(behaviour.state_dict())
+        super().__init__(model, lr=lr, grad_clip=grad_clip)
+        self.critic, self.behaviour = critic, behaviour
+        self.beta, self.steps, self.solver = float(beta), int(sample_steps), solver
+        self.exact = model.action_dim <= 8 if exact_trace is None else bool(exact_trace)
+        self.n_probes, self.checkpoint = int(n_probes), bool(checkpoint)
+
+    def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        raise RuntimeError("GMPG.loss must run inside update() (critic and mu are frozen there)")
+
+    def _loss(self, obs: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        kw: dict[str, Any] = dict(steps=self.steps, solver=self.solver, exact_trace=self.exact,
+                                  n_probes=self.n_probes, checkpoint=self.checkpoint)
+        a, log_pi = self.model.sample_with_log_prob(obs, **kw)
+        log_mu = self.behaviour.log_prob(a, obs, with_grad=True, **kw)
+        q = self.critic.q(obs, a)
+        kl_bits = (log_pi - log_mu) / (self.model.action_dim * math.log(2.0))
+        loss = (-self.beta * q + kl_bits).mean()
+        return loss, {"q_mean": q.detach().mean(), "kl_bits_per_dim": kl_bits.detach().mean(),
+                      "log_pi": log_pi.detach().mean(), "log_mu": log_mu.detach().mean()}
+
+    def update(self, batch: dict[str, Tensor]) -> dict[str, float]:
+        with frozen(self.critic, self.behaviour):  # backward (and checkpoint recompute) inside
+            loss, stats = self._loss(batch["obs"])
+            self._opt.zero_grad(set_to_none=True)
+            loss.backward()
+        norm = clip_and_step(self._opt, self._params, self.grad_clip)
+        out = {"loss": loss.item(), **{k: float(v) for k, v in stats.items()}}
+        if norm is not None:
+            out["grad_norm"] = norm
+        return out
+
+
+ALGORITHMS = ("bc", "gmpo", "gmpg")
+
+
+def make_algorithm(name: str, model: GenerativeModel, *, critic: IQLCritic | None = None,
+                   behaviour: GenerativeModel | None = None, **hparams: Any) -> Algorithm:
+    """bc(lr, grad_clip) | gmpo(beta, clamp, lr, grad_clip) |
+    gmpg(beta, sample_steps, solver, exact_trace, n_probes, checkpoint, init_from_behaviour, lr, grad_clip)."""
+    if name == "bc":
+        return BC(model, **hparams)
+    if name == "gmpo":
+        return GMPO(model, critic, **hparams)  # type: ignore[arg-type]
+    if name == "gmpg":
+        return GMPG(model, critic, behaviour, **hparams)  # type: ignore[arg-type]
+    raise ValueError(f"unknown algorithm {name!r}; expected one of {ALGORITHMS}")

@@ -1,0 +1,83 @@
+"""IQL critic: twin Q with a Polyak-averaged target, expectile value network (GenerativeRL's GMPO/GMPG critic).
+
+Per batch (order as in the reference): V step on u = min Q_target(s, a) - V(s) with the expectile loss, where
+V(s') for the TD target is computed *before* the V update; then the Q step on y = r + gamma (1 - d) V(s');
+then the Polyak update of the target Q. Twin Q networks are one batched ``EnsembleMLP`` (a single bmm per
+layer for both members).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .nets import EnsembleMLP, mlp
+from .optim import make_adam
+
+
+def expectile_loss(u: Tensor, expectile: float) -> Tensor:
+    """mean(|tau - 1[u < 0]| u^2): minimised by the tau-expectile of the residual's distribution."""
+    w = torch.where(u < 0, 1.0 - expectile, expectile)
+    return (w * u.square()).mean()
+
+
+class IQLCritic(nn.Module):
+    """Twin Q(s, a) on cat[a, s], V(s); ReLU MLPs with ``hidden`` widths. Owns one Adam for Q and one for V."""
+
+    def __init__(self, obs_dim: int, action_dim: int, *, hidden: Sequence[int] = (256, 256),
+                 expectile: float = 0.7, gamma: float = 0.99, tau: float = 0.005, lr: float = 3e-4):
+        super().__init__()
+        if not 0.0 < expectile < 1.0:
+            raise ValueError(f"expectile must lie in (0, 1), got {expectile}")
+        self.obs_dim, self.action_dim = obs_dim, action_dim
+        self.expectile, self.gamma, self.tau = float(expectile), float(gamma), float(tau)
+        self.q_net = EnsembleMLP(action_dim + obs_dim, hidden, 1, ensemble=2)
+        self.q_target = EnsembleMLP(action_dim + obs_dim, hidden, 1, ensemble=2)
+        self.q_target.load_state_dict(self.q_net.state_dict())
+        self.q_target.requires_grad_(False)
+        self.v_net = mlp(obs_dim, hidden, 1)
+        self._opts = {"q": make_adam(self.q_net.parameters(), lr), "v": make_adam(self.v_net.parameters(), lr)}
+
+    def q_both(self, obs: Tensor, act: Tensor, *, target: bool = False) -> Tensor:
+        """Both online (or target) Q values, (2, B)."""
+        net = self.q_target if target else self.q_net
+        return net(torch.cat([act, obs], dim=-1)).squeeze(-1)
+
+    def q(self, obs: Tensor, act: Tensor) -> Tensor:
+        """min of the twin *online* Q networks (what GMPO's weights and GMPG's objective use), (B,)."""
+        return self.q_both(obs, act).amin(0)
+
+    def v(self, obs: Tensor) -> Tensor:
+        return self.v_net(obs).squeeze(-1)
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return dict(self._opts)
+
+    def update(self, batch: dict[str, Tensor]) -> dict[str, float]:
+        obs, act, next_obs = batch["obs"], batch["action"], batch["next_obs"]
+        reward, terminal = batch["reward"].reshape(-1), batch["terminal"].reshape(-1).to(obs.dtype)
+        with torch.no_grad():
+            q_t = self.q_both(obs, act, target=True).amin(0)
+            next_v = self.v(next_obs)
+        v = self.v(obs)
+        v_loss = expectile_loss(q_t - v, self.expectile)
+        self._opts["v"].zero_grad(set_to_none=True)
+        v_loss.backward()
+        self._opts["v"].step()
+
+        y = reward + self.gamma * (1.0 - terminal) * next_v
+        q = self.q_both(obs, act)
+        q_loss = 0.5 * (q - y).square().mean(1).sum()  # 1/2 (MSE(Q1, y) + MSE(Q2, y))
+        self._opts["q"].zero_grad(set_to_none=True)
+        q_loss.backward()
+        self._opts["q"].step()
+        self.polyak()
+        return {"q_loss": q_loss.item(), "v_loss": v_loss.item(), "q_mean": q.detach().mean().item(),
+                "v_mean": v.detach().mean().item()}
+
+    @torch.no_grad()
+    def polyak(self) -> None:
+        """target <- (1 - tau) target + tau online, one fused foreach op."""
+        torch._foreach_lerp_(list(self.q_target.parameters()), list(self.q_net.parameters()), self.tau)

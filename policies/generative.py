@@ -1,0 +1,262 @@
+"""Generative models = probability path + network output type (noise | velocity) + backbone.
+
+Time convention: t=0 noise, t=1 data (see ``paths``). Whatever the network predicts, sampling and likelihood
+use the probability-flow ODE dx/dt = v(t, x): a velocity network gives v directly, an eps-prediction
+network gives v = (a'/a) x + (b' - a' b / a) eps_hat, which is the exact PF-ODE of the VP-SDE.
+
+``log_prob`` integrates the same ODE backwards from the data end with the instantaneous change of variables
+log p(x(t_end)) = log N(x(0); 0, prior_std^2) - integral_0^t_end div v dt, using either the exact divergence
+(D tangents, cheap for small action dims) or a Hutchinson estimate with Rademacher probes that are fixed
+along one trajectory. With the residual backbone both are forward-mode tangents computed inside one
+stacked forward pass (see ``nets``); any other backbone falls back to autograd VJPs.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .nets import ResidualMLPBackbone
+from .paths import PATHS, ProbabilityPath
+from .solvers import Field, check_solver, half_step_times, integrate
+
+PREDICTIONS = ("velocity", "noise")
+
+
+class _Grid:
+    """Everything time-dependent for one (steps, device, dtype): computed once, then only indexed."""
+
+    def __init__(self, model: GenerativeModel, steps: int, device: torch.device, dtype: torch.dtype):
+        ts64 = half_step_times(0.0, model.path.t_end, steps)
+        self.ts = ts64.to(device=device, dtype=dtype)
+        self.A: list[float] = []
+        self.B: list[float] = []
+        if model.prediction == "noise":
+            a_, b_ = model.path.noise_to_velocity_coeffs(ts64)
+            self.A, self.B = a_.tolist(), b_.tolist()
+        embed = getattr(model.backbone, "time_embed", None)
+        self.temb = embed(self.ts) if embed is not None else None
+
+
+class GenerativeModel(nn.Module):
+    """See module docstring. Build with ``make_generative_model``; ``config()`` gives its kwargs back."""
+
+    def __init__(self, path: ProbabilityPath, backbone: nn.Module, prediction: str = "velocity", *,
+                 action_dim: int, cond_dim: int, build_config: dict[str, Any] | None = None):
+        super().__init__()
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+        if prediction == "noise" and not path.supports_noise:
+            raise ValueError(f"path {path.name!r} supports only velocity prediction")
+        self.path, self.backbone, self.prediction = path, backbone, prediction
+        self.action_dim, self.cond_dim = int(action_dim), int(cond_dim)
+        self._build_config = dict(build_config or {})
+        self._grids: dict[tuple, tuple[int, _Grid]] = {}
+
+    def config(self) -> dict[str, Any]:
+        """Keyword arguments of ``make_generative_model`` that rebuild this model (JSON-serialisable)."""
+        return dict(self._build_config)
+
+    # -- training ------------------------------------------------------------------------------------------
+    def loss(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
+        """Per-sample matching loss (B,): 1/2 ||net - target||^2 summed over action dims, t ~ U(0, t_max)."""
+        t = torch.rand(x.shape[0], device=x.device, dtype=x.dtype) * self.path.train_t_max
+        eps = torch.randn_like(x)
+        xt, v_target = self.path.training_pair(x, t, eps)
+        out = self.backbone(xt, t, cond)
+        target = eps if self.prediction == "noise" else v_target
+        return 0.5 * (out - target).square().sum(-1)
+
+    def velocity(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        """PF-ODE velocity at per-row times t (B,) (a convenience/reference path, not the sampler's)."""
+        out = self.backbone(x, t, cond)
+        if self.prediction == "velocity":
+            return out
+        a_, b_ = self.path.noise_to_velocity_coeffs(t)
+        return a_[:, None] * x + b_[:, None] * out
+
+    # -- shared ODE machinery ------------------------------------------------------------------------------
+    def _grid(self, steps: int, ref: Tensor) -> _Grid:
+        freqs = getattr(getattr(self.backbone, "time_embed", None), "freqs", None)
+        version = freqs._version if freqs is not None else 0  # load_state_dict bumps it: cache invalidated
+        key = (int(steps), ref.device, ref.dtype)
+        hit = self._grids.get(key)
+        if hit is not None and hit[0] == version:
+            return hit[1]
+        # normal (non-inference) tensors, so one cache serves acting and differentiable GMPG sampling
+        with torch.inference_mode(False), torch.no_grad():
+            grid = _Grid(self, int(steps), ref.device, ref.dtype)
+        self._grids[key] = (version, grid)
+        return grid
+
+    def _field(self, cond: Tensor | None, grid: _Grid, probes: Tensor | None, scale: float) -> Field:
+        noise = self.prediction == "noise"
+        A, B = grid.A, grid.B
+        bb = self.backbone
+        if hasattr(bb, "prepare"):
+            ctx = bb.prepare(grid.temb, cond)
+
+            def fast(x: Tensor, j: int) -> tuple[Tensor, Tensor | None]:
+                out, out_t = bb.evaluate(x, ctx, j, probes)
+                if noise:
+                    if torch.is_grad_enabled():
+                        out = A[j] * x + B[j] * out
+                    else:
+                        out = out.mul_(B[j]).add_(x, alpha=A[j])
+                if probes is None:
+                    return out, None
+                if noise:
+                    out_t = A[j] * probes + B[j] * out_t
+                return out, (probes * out_t).sum(-1).sum(0) * scale
+
+            return fast
+
+        def generic(x: Tensor, j: int) -> tuple[Tensor, Tensor | None]:
+            t = grid.ts[j].expand(x.shape[0])
+
+            def vel(x_: Tensor) -> Tensor:
+                out = bb(x_, t, cond)
+                return A[j] * x_ + B[j] * out if noise else out
+
+            if probes is None:
+                return vel(x), None
+            graph = torch.is_grad_enabled()
+            with torch.enable_grad():
+                xg = x if x.requires_grad else x.detach().requires_grad_(True)
+                v = vel(xg)
+                div = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+                for p in probes:  # VJP p^T J, dotted with p: p^T J p
+                    (g,) = torch.autograd.grad(v, xg, p, create_graph=graph, retain_graph=True)
+                    div = div + (g * p).sum(-1)
+            if not graph:
+                v, div = v.detach(), div.detach()
+            return v, div * scale
+
+        return generic
+
+    def _probes(self, rows: int, ref: Tensor, exact: bool, n_probes: int,
+                generator: torch.Generator | None) -> tuple[Tensor, float]:
+        D = self.action_dim
+        if exact:
+            eye = torch.eye(D, dtype=ref.dtype, device=ref.device)
+            return eye[:, None, :].expand(D, rows, D).contiguous(), 1.0
+        r = torch.randint(0, 2, (n_probes, rows, D), generator=generator, device=ref.device)
+        return r.to(ref.dtype).mul_(2).sub_(1), 1.0 / n_probes
+
+    def _log_prior(self, z: Tensor) -> Tensor:
+        s2 = self.path.prior_std**2
+        return -0.5 * z.square().sum(-1) / s2 - 0.5 * self.action_dim * math.log(2 * math.pi * s2)
+
+    def _rows(self, cond: Tensor | None, n: int | None) -> tuple[Tensor | None, int, tuple[int, ...]]:
+        D = self.action_dim
+        if cond is None:
+            if n is None:
+                raise ValueError("an unconditional sample needs n")
+            return None, n, (n, D)
+        if n is None:
+            return cond, cond.shape[0], (cond.shape[0], D)
+        return cond.repeat_interleave(n, dim=0), cond.shape[0] * n, (cond.shape[0], n, D)
+
+    def _initial(self, rows: int, ref: Tensor, noise: Tensor | None, generator: torch.Generator | None,
+                 ) -> Tensor:
+        if noise is None:
+            z = torch.randn(rows, self.action_dim, generator=generator, device=ref.device, dtype=ref.dtype)
+        else:
+            z = noise.reshape(rows, self.action_dim).to(device=ref.device, dtype=ref.dtype)
+        return z * self.path.prior_std if self.path.prior_std != 1.0 else z.clone()
+
+    def _ref(self) -> Tensor:
+        return next(self.backbone.parameters())
+
+    # -- public API ----------------------------------------------------------------------------------------
+    def sample(self, cond: Tensor | None, *, n: int | None = None, solver: str = "euler", steps: int = 32,
+               generator: torch.Generator | None = None, noise: Tensor | None = None,
+               with_grad: bool = False) -> Tensor:
+        """Draw actions: (B, D) for cond (B, S), (B, n, D) with ``n``; (n, D) for an unconditional model.
+
+        ``steps`` = number of solver steps (intervals of the time grid; Heun/midpoint cost 2 network
+        evaluations per step). ``noise``: optional standard-normal starting points. Without ``with_grad`` the
+        solve runs under ``torch.inference_mode`` and returns an ordinary tensor.
+        """
+        check_solver(solver, steps)
+        cond_r, rows, shape = self._rows(cond, n)
+        ref = self._ref()
+        if with_grad:
+            return self._solve(cond_r, rows, ref, solver, steps, generator, noise, inplace=False).view(shape)
+        with torch.inference_mode():
+            x = self._solve(cond_r, rows, ref, solver, steps, generator, noise, inplace=True)
+        return x.view(shape).clone()
+
+    def _solve(self, cond: Tensor | None, rows: int, ref: Tensor, solver: str, steps: int,
+               generator: torch.Generator | None, noise: Tensor | None, inplace: bool) -> Tensor:
+        grid = self._grid(steps, ref)
+        x = self._initial(rows, ref, noise, generator)
+        field = self._field(cond, grid, None, 1.0)
+        x, _ = integrate(field, x, steps=steps, t0=0.0, t1=self.path.t_end, solver=solver, inplace=inplace)
+        return x
+
+    def sample_with_log_prob(self, cond: Tensor | None, *, n: int | None = None, solver: str = "euler",
+                             steps: int = 32, exact_trace: bool = True, n_probes: int = 1,
+                             generator: torch.Generator | None = None, noise: Tensor | None = None,
+                             checkpoint: bool = False) -> tuple[Tensor, Tensor]:
+        """Differentiable sample and its log-density along the *same* trajectory (no second solve).
+
+        log p(x(t_end)) = log N(z) - integral div v dt, accumulated as the sample is generated.
+        Returns (actions (rows, D), log_prob (rows,)); gradients flow into the parameters.
+        """
+        check_solver(solver, steps)
+        cond_r, rows, _ = self._rows(cond, n)
+        ref = self._ref()
+        grid = self._grid(steps, ref)
+        z = self._initial(rows, ref, noise, generator)
+        probes, scale = self._probes(rows, ref, exact_trace, n_probes, generator)
+        field = self._field(cond_r, grid, probes, scale)
+        x, acc = integrate(field, z, steps=steps, t0=0.0, t1=self.path.t_end, solver=solver,
+                           with_div=True, checkpoint=checkpoint)
+        return x, self._log_prior(z) - acc
+
+    def log_prob(self, x: Tensor, cond: Tensor | None = None, *, steps: int = 32, solver: str = "euler",
+                 exact_trace: bool = False, n_probes: int = 1, generator: torch.Generator | None = None,
+                 with_grad: bool = False, checkpoint: bool = False) -> Tensor:
+        """log density (B,) of actions x under the model, by the reverse probability-flow ODE.
+
+        ``exact_trace``: exact divergence via D tangents (use for D <= ~8); otherwise Hutchinson with
+        ``n_probes`` Rademacher probes (unbiased; average repeated calls to reduce variance).
+        ``with_grad``: keep the graph (gradients w.r.t. x and any parameter that requires grad).
+        """
+        check_solver(solver, steps)
+        ref = self._ref()
+        grid = self._grid(steps, ref)
+        with torch.set_grad_enabled(with_grad and torch.is_grad_enabled()):
+            probes, scale = self._probes(x.shape[0], ref, exact_trace, n_probes, generator)
+            field = self._field(cond, grid, probes, scale)
+            x0, acc = integrate(field, x, steps=steps, t0=0.0, t1=self.path.t_end, solver=solver,
+                                reverse=True, with_div=True, checkpoint=checkpoint)
+            return self._log_prior(x0) - acc
+
+
+def make_generative_model(kind: str, action_dim: int, cond_dim: int, *, hidden: list[int] | tuple[int, ...] = (
+        512, 256, 128), t_dim: int = 32, cond_hidden: int = 32, t_cond_hidden: int = 128,
+        fourier_scale: float = 30.0, vpsde_target: str = "noise", beta_min: float = 0.1,
+        beta_max: float = 20.0, sigma: float = 0.1) -> GenerativeModel:
+    """kind: vpsde (``vpsde_target`` noise = eps-prediction, the GMPO default; velocity = flow matching on the
+    VP path, the GMPG default), gvp (velocity) or icfm (velocity, ``sigma``). ``cond_dim=0``: unconditional."""
+    if kind not in PATHS:
+        raise ValueError(f"unknown generative model kind {kind!r}; expected one of {sorted(PATHS)}")
+    path: ProbabilityPath
+    cfg: dict[str, Any] = dict(kind=kind, action_dim=int(action_dim), cond_dim=int(cond_dim),
+                               hidden=[int(h) for h in hidden], t_dim=int(t_dim), cond_hidden=int(cond_hidden),
+                               t_cond_hidden=int(t_cond_hidden), fourier_scale=float(fourier_scale))
+    if kind == "vpsde":
+        path, prediction = PATHS[kind](beta_min, beta_max), vpsde_target
+        cfg["vpsde_target"] = vpsde_target
+    elif kind == "icfm":
+        path, prediction = PATHS[kind](sigma), "velocity"
+    else:
+        path, prediction = PATHS[kind](), "velocity"
+    cfg.update(path.config())
+    backbone = ResidualMLPBackbone(action_dim, cond_dim, hidden, t_dim, cond_hidden, t_cond_hidden, fourier_scale)
+    return GenerativeModel(path, backbone, prediction, action_dim=action_dim, cond_dim=cond_dim, build_config=cfg)

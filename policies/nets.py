@@ -1,0 +1,201 @@
+"""Networks: the residual U-Net-like MLP backbone for generative policies, and the critic MLPs.
+
+The backbone reproduces GenerativeRL's ``TemporalSpatialResidualNet`` (hidden 512/256/128, Gaussian Fourier
+time embedding 32-d with scale 30 that is *not* trained, state embedding 32-d, conditioning MLP 64->128->128):
+1,626,883 parameters at Hopper's sizes (|A|=3, |S|=11), the ~1.6 M the reference reports.
+
+Two things differ in layout only (same maths, same parameter count):
+* the per-block conditioning projections ``Lin(SiLU(c))`` are one fused ``Linear(128, sum(block widths))``
+  whose output is split, so a sampler step does one conditioning matmul instead of seven;
+* the first conditioning layer ``Linear(s_emb ++ t_emb -> 128)`` is applied as two halves so the state half
+  is computed once per ``sample`` call and the time half once per time grid (the sampler's hot loop then
+  only runs ``SiLU -> Linear`` on the sum).
+
+``evaluate(x, ctx, j, tangents)`` also propagates forward-mode tangents by hand (rows stacked under the
+primal rows, so each layer is a single matmul over ``(1+K)*B`` rows). With the ``K = D`` basis vectors this
+gives the exact Jacobian diagonal, i.e. the exact divergence, at ``(1+D)x`` the forward cost, and the result
+is an ordinary autograd graph, so GMPG can back-propagate through the divergence without double-backward.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class FourierTimeEmbedding(nn.Module):
+    """[sin(2*pi*W t), cos(2*pi*W t)] with W ~ N(0, scale^2) fixed at init (a buffer: saved, never trained)."""
+
+    def __init__(self, dim: int = 32, scale: float = 30.0):
+        super().__init__()
+        if dim % 2:
+            raise ValueError(f"time embedding dim must be even, got {dim}")
+        self.register_buffer("freqs", torch.randn(dim // 2) * scale * 2.0 * math.pi)
+
+    def forward(self, t: Tensor) -> Tensor:
+        p = t[..., None] * self.freqs
+        return torch.cat([p.sin(), p.cos()], dim=-1)
+
+
+def _lin(h: Tensor, layer: nn.Linear, n: int) -> Tensor:
+    """Linear on stacked (primal, tangent...) rows: the bias belongs to the first ``n`` (primal) rows only."""
+    if h.shape[0] == n:
+        return F.linear(h, layer.weight, layer.bias)
+    y = F.linear(h, layer.weight)
+    y[:n] += layer.bias
+    return y
+
+
+def _silu(pre: Tensor, n: int) -> Tensor:
+    """SiLU on the primal rows; tangent rows are multiplied by SiLU'(primal pre-activation)."""
+    if pre.shape[0] == n:
+        return F.silu(pre)
+    p = pre[:n]
+    s = torch.sigmoid(p)
+    d = s * (1.0 + p * (1.0 - s))
+    tang = pre[n:].view(-1, n, pre.shape[-1]) * d
+    return torch.cat([p * s, tang.view(-1, pre.shape[-1])], dim=0)
+
+
+class ResBlock(nn.Module):
+    """h1 = SiLU(Lin(x)) + cond; h2 = SiLU(Lin(h1)); out = h2 + skip(x). ``cond`` = Lin(SiLU(c)), fused upstream."""
+
+    def __init__(self, d_in: int, d_out: int):
+        super().__init__()
+        self.lin1 = nn.Linear(d_in, d_out)
+        self.lin2 = nn.Linear(d_out, d_out)
+        self.skip = nn.Linear(d_in, d_out) if d_in != d_out else None
+
+    def forward(self, x: Tensor, cond: Tensor, n: int) -> Tensor:
+        h = _silu(_lin(x, self.lin1, n), n)
+        h[:n] += cond
+        h = _silu(_lin(h, self.lin2, n), n)
+        return h + (x if self.skip is None else _lin(x, self.skip, n))
+
+
+class ResidualMLPBackbone(nn.Module):
+    """U-Net-like residual MLP: (x, t, cond) -> same shape as x.
+
+    ``hidden=[h0, ..., hL]``: block D->h0, down blocks h_{i-1}->h_i, a middle block hL->hL, up blocks on
+    cat[u, d_i] (2 h_i -> h_{i-1}), and a final Linear(cat[u, d_0] = 2 h0 -> D).
+    """
+
+    def __init__(self, action_dim: int, cond_dim: int, hidden: Sequence[int] = (512, 256, 128), t_dim: int = 32,
+                 cond_hidden: int = 32, t_cond_hidden: int = 128, fourier_scale: float = 30.0):
+        super().__init__()
+        hidden = [int(h) for h in hidden]
+        if not hidden:
+            raise ValueError("hidden must list at least one width")
+        self.action_dim, self.cond_dim, self.t_dim = action_dim, cond_dim, t_dim
+        self.time_embed = FourierTimeEmbedding(t_dim, fourier_scale)
+        self.state_embed = nn.Linear(cond_dim, cond_hidden) if cond_dim > 0 else None
+        in_c = t_dim + (cond_hidden if cond_dim > 0 else 0)
+        self.cond1 = nn.Linear(in_c, t_cond_hidden)
+        self.cond2 = nn.Linear(t_cond_hidden, t_cond_hidden)
+        blocks = [ResBlock(action_dim, hidden[0])]
+        blocks += [ResBlock(hidden[i - 1], hidden[i]) for i in range(1, len(hidden))]
+        blocks.append(ResBlock(hidden[-1], hidden[-1]))  # middle
+        blocks += [ResBlock(2 * hidden[i], hidden[i - 1]) for i in range(len(hidden) - 1, 0, -1)]
+        self.blocks = nn.ModuleList(blocks)
+        self.n_down = len(hidden)
+        self.widths = [b.lin2.out_features for b in blocks]
+        self.cond_proj = nn.Linear(t_cond_hidden, sum(self.widths))  # all blocks' Lin(SiLU(c)), fused
+        self.out = nn.Linear(2 * hidden[0], action_dim)
+
+    # -- conditioning ------------------------------------------------------------------------------------
+    def time_proj(self, temb: Tensor) -> Tensor:
+        """Time half of the first conditioning layer (no bias): (..., t_dim) -> (..., t_cond_hidden)."""
+        return F.linear(temb, self.cond1.weight[:, -self.t_dim:])
+
+    def state_proj(self, cond: Tensor | None) -> Tensor:
+        """State half of the first conditioning layer, with its bias: (B, S) -> (B, t_cond_hidden)."""
+        if self.state_embed is None:
+            return self.cond1.bias
+        s = F.silu(self.state_embed(cond))
+        return F.linear(s, self.cond1.weight[:, : -self.t_dim], self.cond1.bias)
+
+    def _block_conds(self, pre: Tensor) -> list[Tensor]:
+        c = self.cond2(F.silu(pre))
+        return list(self.cond_proj(F.silu(c)).split(self.widths, dim=-1))
+
+    # -- trunk -------------------------------------------------------------------------------------------
+    def _trunk(self, x: Tensor, conds: list[Tensor], n: int) -> Tensor:
+        skips = []
+        h = x
+        for i in range(self.n_down):
+            h = self.blocks[i](h, conds[i], n)
+            skips.append(h)
+        h = self.blocks[self.n_down](h, conds[self.n_down], n)
+        for k, i in enumerate(range(self.n_down - 1, 0, -1)):
+            j = self.n_down + 1 + k
+            h = self.blocks[j](torch.cat([h, skips[i]], dim=-1), conds[j], n)
+        return _lin(torch.cat([h, skips[0]], dim=-1), self.out, n)
+
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        """Training path: x (B, D), t (B,) or scalar, cond (B, S) or None."""
+        pre = self.state_proj(cond) + self.time_proj(self.time_embed(t))
+        if pre.dim() == 1:
+            pre = pre.expand(x.shape[0], -1)
+        return self._trunk(x, self._block_conds(pre), x.shape[0])
+
+    # -- sampler fast path ---------------------------------------------------------------------------------
+    def prepare(self, temb_table: Tensor, cond: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Per-``sample``-call context: projected time table (T, H) and state projection (B, H) or (H,)."""
+        return self.time_proj(temb_table), self.state_proj(cond)
+
+    def evaluate(self, x: Tensor, ctx: tuple[Tensor, Tensor], j: int,
+                 tangents: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """Output at grid time index ``j``; with ``tangents`` (K, B, D) also the JVPs J @ tangent_k (K, B, D)."""
+        ttab, sproj = ctx
+        n = x.shape[0]
+        pre = sproj + ttab[j]
+        if pre.dim() == 1:
+            pre = pre.expand(n, -1)
+        conds = self._block_conds(pre)
+        if tangents is None:
+            return self._trunk(x, conds, n), None
+        h = torch.cat([x, tangents.reshape(-1, x.shape[-1])], dim=0)
+        out = self._trunk(h, conds, n)
+        return out[:n], out[n:].view(tangents.shape)
+
+
+class EnsembleMLP(nn.Module):
+    """E independent ReLU MLPs evaluated with batched matmuls: (B, in) -> (E, B, out). Used for twin Q."""
+
+    def __init__(self, d_in: int, hidden: Sequence[int], d_out: int = 1, ensemble: int = 2):
+        super().__init__()
+        dims = [d_in, *hidden, d_out]
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for a, b in zip(dims[:-1], dims[1:], strict=True):
+            bound = 1.0 / math.sqrt(a)  # nn.Linear's default init, per member
+            self.weights.append(nn.Parameter(torch.empty(ensemble, a, b).uniform_(-bound, bound)))
+            self.biases.append(nn.Parameter(torch.empty(ensemble, 1, b).uniform_(-bound, bound)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = x.unsqueeze(0).expand(self.weights[0].shape[0], -1, -1)
+        last = len(self.weights) - 1
+        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+            h = torch.baddbmm(b, h, w)
+            if i < last:
+                h = F.relu(h)
+        return h
+
+
+def mlp(d_in: int, hidden: Sequence[int], d_out: int = 1) -> nn.Sequential:
+    """Plain ReLU MLP (the IQL value network)."""
+    layers: list[nn.Module] = []
+    dims = [d_in, *hidden]
+    for a, b in zip(dims[:-1], dims[1:], strict=True):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    layers.append(nn.Linear(dims[-1], d_out))
+    return nn.Sequential(*layers)
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Trainable parameters only (the Fourier frequencies are a buffer and do not count)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
