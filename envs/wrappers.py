@@ -1,0 +1,173 @@
+"""Wrappers that make every simulation look the same to the rest of genctl.
+
+* flat ``Box(float32)`` observations (dict observations flattened in ``gymnasium.spaces.flatten`` order),
+* ``info["success"]`` on every reset and step,
+* cheap offscreen rendering (no shadows / reflections / MSAA: about 9x faster on Mesa llvmpipe),
+* a default seed used on the first reset, so vectorised envs are reproducible without extra plumbing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+
+def _key(name: str) -> str:
+    """Store-friendly key: FrankaKitchen has keys such as 'light switch'."""
+    return str(name).replace(" ", "_")
+
+
+def dict_space_leaves(space: spaces.Dict, prefix: str = "") -> list[tuple[str, spaces.Box]]:
+    """(key, Box) pairs in the order ``gymnasium.spaces.flatten`` uses (a Dict space's own, sorted, order).
+
+    Nested dicts (FrankaKitchen's goals) become ``"outer/inner"`` keys.
+    """
+    out: list[tuple[str, spaces.Box]] = []
+    for name, sub in space.spaces.items():
+        key = f"{prefix}{_key(name)}"
+        if isinstance(sub, spaces.Dict):
+            out.extend(dict_space_leaves(sub, prefix=key + "/"))
+        elif isinstance(sub, spaces.Box):
+            out.append((key, sub))
+        else:
+            raise TypeError(f"unsupported observation sub-space {key}: {sub}")
+    return out
+
+
+def _flatten_value(obs: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for name, value in obs.items():
+        key = f"{prefix}{_key(name)}"
+        if isinstance(value, Mapping):
+            out.update(_flatten_value(value, prefix=key + "/"))
+        else:
+            out[key] = np.asarray(value)
+    return out
+
+
+class FlatDictObservation(gym.ObservationWrapper):
+    """Flattens a (possibly nested) Dict observation into one float32 vector.
+
+    The last dict observation (flat keys, original dtypes) stays available as ``last_obs_dict`` so that a
+    collector can store ``obs/<key>`` arrays, and ``obs_keys`` / ``obs_shapes`` describe the layout.
+    """
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        assert isinstance(env.observation_space, spaces.Dict)
+        leaves = dict_space_leaves(env.observation_space)
+        self.obs_keys: list[str] = [k for k, _ in leaves]
+        self.obs_shapes: dict[str, tuple[int, ...]] = {k: tuple(s.shape) for k, s in leaves}
+        low = np.concatenate([np.broadcast_to(s.low, s.shape).ravel() for _, s in leaves])
+        high = np.concatenate([np.broadcast_to(s.high, s.shape).ravel() for _, s in leaves])
+        self.observation_space = spaces.Box(low.astype(np.float32), high.astype(np.float32), dtype=np.float32)
+        self.last_obs_dict: dict[str, np.ndarray] | None = None
+
+    def observation(self, observation: Mapping[str, Any]) -> np.ndarray:
+        flat = _flatten_value(observation)
+        self.last_obs_dict = {k: flat[k].copy() for k in self.obs_keys}
+        return np.concatenate([flat[k].ravel() for k in self.obs_keys]).astype(np.float32)
+
+
+class Float32Observation(gym.ObservationWrapper):
+    """Casts an array observation to float32 (the MuJoCo envs return float64)."""
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        box = env.observation_space
+        assert isinstance(box, spaces.Box)
+        self.observation_space = spaces.Box(box.low.astype(np.float32), box.high.astype(np.float32),
+                                            shape=box.shape, dtype=np.float32)
+
+    def observation(self, observation: np.ndarray) -> np.ndarray:
+        return np.asarray(observation, dtype=np.float32)
+
+
+class SuccessInfo(gym.Wrapper):
+    """Puts a bool ``info["success"]`` into every reset/step info (False where a task has none)."""
+
+    def __init__(self, env: gym.Env, success_fn: Callable[[gym.Env, dict], bool] | None) -> None:
+        super().__init__(env)
+        self._success_fn = success_fn
+
+    def _mark(self, info: dict) -> dict:
+        info = dict(info)
+        info["success"] = bool(self._success_fn(self.env, info)) if self._success_fn else False
+        return info
+
+    def reset(self, **kwargs: Any) -> tuple[Any, dict]:
+        obs, info = self.env.reset(**kwargs)
+        return obs, self._mark(info)
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return obs, float(reward), bool(terminated), bool(truncated), self._mark(info)
+
+
+def find_mujoco_renderer(env: gym.Env) -> Any | None:
+    """The gymnasium ``MujocoRenderer`` of an env, looking inside the maze / kitchen composites."""
+    base = env.unwrapped
+    for owner in (base, getattr(base, "point_env", None), getattr(base, "ant_env", None),
+                  getattr(base, "robot_env", None)):
+        renderer = getattr(owner, "mujoco_renderer", None)
+        if renderer is not None:
+            return renderer
+    return None
+
+
+def tune_mujoco_renderer(renderer: Any) -> bool:
+    """Turns off MSAA, shadows and reflections before the first frame. Returns False if not reachable.
+
+    Measured at 240x240 on llvmpipe: Hopper 27 -> 242 fps, FetchPickAndPlace 103 -> 166 fps,
+    PointMaze 133 -> 290 fps. MSAA must be off before the GL context exists, hence "before the first frame".
+    """
+    import mujoco
+
+    try:
+        renderer.model.vis.quality.offsamples = 0
+        viewer = renderer._get_viewer("rgb_array")  # private, but the only handle on the scene flags
+        viewer.scn.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
+        viewer.scn.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
+    except (AttributeError, TypeError, IndexError):
+        return False
+    return True
+
+
+class FastRender(gym.Wrapper):
+    """Applies :func:`tune_mujoco_renderer` lazily, on the first ``render()`` (GL contexts are costly)."""
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        self._tuned = False
+
+    def render(self) -> Any:
+        if not self._tuned:
+            self._tuned = True
+            renderer = find_mujoco_renderer(self.env)
+            if renderer is not None and self.env.render_mode == "rgb_array":
+                tune_mujoco_renderer(renderer)
+        return self.env.render()
+
+
+class DefaultSeed(gym.Wrapper):
+    """Uses ``seed`` for the first ``reset()`` that passes none (and seeds the action space once).
+
+    Vector envs autoreset without seeds, so with this a vector env built from a list of seeds is
+    reproducible from ``reset()`` alone; later episodes continue each env's own RNG stream.
+    """
+
+    def __init__(self, env: gym.Env, seed: int) -> None:
+        super().__init__(env)
+        self.default_seed = int(seed)
+        self._used = False
+        self.env.action_space.seed(self.default_seed)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[Any, dict]:
+        if seed is None and not self._used:
+            seed = self.default_seed
+        self._used = True
+        return self.env.reset(seed=seed, options=options)
