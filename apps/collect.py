@@ -7,8 +7,10 @@ same whatever the number of worker processes.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -90,14 +92,28 @@ def run_episode(env: Any, actor: Any, env_seed: int, *, noise: float = 0.0, imag
     return {"arrays": arrays, "summary": summary}
 
 
-def _init_worker(env_id: str, expert: str, env_kwargs: dict[str, Any], images: bool) -> None:
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    try:
-        import torch
+_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
+
+@contextlib.contextmanager
+def _single_threaded_children() -> Iterator[None]:
+    """Spawned workers inherit the environment at start: one BLAS/OpenMP thread each (2-core machines)."""
+    saved = {k: os.environ.get(k) for k in _THREAD_VARS}
+    os.environ.update({k: "1" for k in _THREAD_VARS})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _init_worker(env_id: str, expert: str, env_kwargs: dict[str, Any], images: bool) -> None:
+    torch = sys.modules.get("torch")  # collection never needs torch; only tame it if it is loaded
+    if torch is not None:
         torch.set_num_threads(1)
-    except ImportError:  # pragma: no cover - torch is a dependency, but collection does not need it
-        pass
     _WORKER["env"], _WORKER["expert"], _WORKER["random"] = _build(env_id, expert, env_kwargs, images)
 
 
@@ -110,7 +126,7 @@ def _worker_episode(job: tuple[int, int, bool, float, bool]) -> dict[str, Any]:
 def _episodes(jobs: list[tuple[int, int, bool, float, bool]], workers: int, init_args: tuple) -> Iterator[dict]:
     """Episode results in job order, from this process or a spawn pool (EGL/GL state does not fork)."""
     if workers <= 1:
-        _init_worker(*init_args)
+        _WORKER["env"], _WORKER["expert"], _WORKER["random"] = _build(*init_args)
         try:
             for job in jobs:
                 yield _worker_episode(job)
@@ -118,7 +134,9 @@ def _episodes(jobs: list[tuple[int, int, bool, float, bool]], workers: int, init
             _WORKER.pop("env").close()
         return
     ctx = mp.get_context("spawn")
-    with ctx.Pool(workers, initializer=_init_worker, initargs=init_args) as pool:
+    with _single_threaded_children():
+        pool = ctx.Pool(workers, initializer=_init_worker, initargs=init_args)
+    with pool:
         yield from pool.imap(_worker_episode, jobs, chunksize=1)
 
 

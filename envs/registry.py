@@ -25,7 +25,6 @@ import json
 import re
 from typing import Any
 
-import genctl  # noqa: F401  (sets MUJOCO_GL before mujoco is imported)
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
@@ -203,12 +202,18 @@ def _box_dict(box: spaces.Box) -> dict[str, Any]:
             "low": box.low.astype(np.float64).tolist(), "high": box.high.astype(np.float64).tolist()}
 
 
+_MAKE_ENV_KEYS = frozenset({"render_mode", "width", "height", "max_episode_steps", "fast_render", "seed"})
+
+
 def describe_env(env: gym.Env, env_id: str, **kwargs: Any) -> dict[str, Any]:
     """env_info for an env already built by :func:`make_env` with these kwargs (avoids a second build)."""
+    kwargs = {k: v for k, v in kwargs.items() if k not in _MAKE_ENV_KEYS}
     obs_keys = _try_attr(env, "obs_keys")
     shapes = _try_attr(env, "obs_shapes")
     act = env.action_space
     lo, hi = reference_scores(env_id, **kwargs)
+    if env_family(env_id) == "dmc" and _max_steps(env) is not None:
+        lo, hi = 0.0, float(_max_steps(env))  # reward in [0, 1] per control step
     info = {
         "id": env_id,
         "family": env_family(env_id),
