@@ -23,7 +23,7 @@ def is_next_obs_key(key: str) -> bool:
     return key == "next_obs" or key.startswith("next_obs/")
 
 
-def key_kind(key: str) -> str:
+def key_kind(key: str, where: str = "") -> str:
     """``float32`` | ``bool`` | ``image`` | ``float64`` | ``numeric`` (free numeric dtype, e.g. ``info/*``)."""
     if key in ("action", "reward") or is_obs_key(key) or is_next_obs_key(key):
         return "float32"
@@ -35,7 +35,7 @@ def key_kind(key: str) -> str:
         return "float64"
     if key.startswith("info/"):
         return "numeric"
-    raise DataError(f"unknown key {key!r}: expected obs, obs/<name>, next_obs[/<name>], action, reward, "
+    raise DataError(f"{where}{': ' if where else ''}unknown field {key!r}: expected obs, obs/<name>, next_obs[/<name>], action, reward, "
                     "terminated, truncated, image/<camera>, state/<name> or info/<name>")
 
 

@@ -80,10 +80,7 @@ class EpisodeStore:
         check_key_set(list(self._arrays), where)
         n = int(ends[-1])
         for key, arr in self._arrays.items():
-            try:
-                key_kind(key)
-            except DataError as e:
-                raise DataError(f"{where}: field 'data/{key}': {e}") from None
+            key_kind(key, where)
             if arr.shape[0] != n:
                 raise DataError(f"{where}: field 'data/{key}' has {arr.shape[0]} rows, expected {n} "
                                 "(meta/episode_ends[-1])")

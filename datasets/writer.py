@@ -172,7 +172,7 @@ class StoreWriter:
         where = f"store {self.path}, episode {self.n_episodes}"
         keys = sorted(ep)
         for k in keys:
-            key_kind(k)
+            key_kind(k, where)
         check_key_set(keys, where)
         if self._schema is not None and keys != sorted(self._schema):
             extra, missing = set(keys) - set(self._schema), set(self._schema) - set(keys)

@@ -1,0 +1,170 @@
+"""Store writer/reader: round trip, streaming stats, validation of bad episodes and of damaged stores."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from genctl.datasets import EpisodeStore, StoreWriter
+from genctl.datasets.testing import random_episode
+from genctl.errors import DataError
+
+
+def write(path: Path, eps: list[dict], **kw) -> EpisodeStore:
+    with StoreWriter(path, {"source": {"kind": "collect"}}, **kw) as w:
+        for ep in eps:
+            w.add_episode(ep)
+    return EpisodeStore.open(path)
+
+
+def test_round_trip_blocks_and_stats(tmp_path, rng):
+    eps = [random_episode(rng, int(t), terminated=bool(i % 2)) for i, t in enumerate(rng.integers(1, 40, 57))]
+    store = write(tmp_path / "s.zarr", eps, block_rows=100)  # many small blocks -> many resizes
+    assert store.n_episodes == 57 and store.n_transitions == sum(len(e["action"]) for e in eps)
+    assert store.keys == ["action", "next_obs", "obs", "reward", "terminated", "truncated"]
+    assert store.obs_keys is None and store.attrs["format_version"] == 1
+    for i in (0, 13, 56):
+        got = store.episode(i)
+        for k in eps[i]:
+            np.testing.assert_array_equal(got[k], eps[i][k])
+    full = store.load()
+    cat = {k: np.concatenate([e[k] for e in eps]) for k in eps[0]}
+    for k in cat:
+        np.testing.assert_array_equal(full[k], cat[k])
+    sub = store.load(["reward"], episodes=[5, 2, 3])
+    np.testing.assert_array_equal(sub["reward"], np.concatenate([eps[i]["reward"] for i in (5, 2, 3)]))
+    stats = store.attrs["stats"]
+    np.testing.assert_allclose(stats["obs"]["mean"], cat["obs"].mean(0), atol=1e-5)
+    np.testing.assert_allclose(stats["obs"]["std"], cat["obs"].std(0), rtol=1e-4)
+    np.testing.assert_allclose(stats["action"]["min"], cat["action"].min(0))
+    np.testing.assert_allclose(stats["reward"]["max"], [cat["reward"].max()])
+    returns = np.array([e["reward"].sum(dtype=np.float64) for e in eps])
+    np.testing.assert_allclose(store.episode_returns(), returns, rtol=1e-6)
+    assert stats["episode_return"]["mean"] == pytest.approx(returns.mean())
+    json.dumps(dict(store.attrs))  # attrs are plain JSON
+    store.validate(deep=True)
+
+
+def test_dict_obs_flatten_in_sorted_order(tmp_path, rng):
+    eps = [random_episode(rng, 7, dict_obs=True) for _ in range(3)]
+    store = write(tmp_path / "d.zarr", eps)
+    assert store.obs_keys == ["a_goal", "b_pos"]
+    flat = store.flat_obs()
+    assert flat.shape == (21, 5) and flat.dtype == np.float32
+    np.testing.assert_array_equal(flat[:7], np.concatenate([eps[0]["obs/a_goal"], eps[0]["obs/b_pos"]], 1))
+    np.testing.assert_array_equal(store.flat_obs(next=True, episodes=[2])[:, :2], eps[2]["next_obs/a_goal"])
+    assert len(store.attrs["stats"]["obs"]["mean"]) == 5
+
+
+def test_images_chunked_per_frame(tmp_path, rng):
+    eps = []
+    for _ in range(2):
+        ep = random_episode(rng, 4)
+        ep["image/front"] = rng.integers(0, 255, (4, 6, 8, 3), dtype=np.uint8)
+        eps.append(ep)
+    store = write(tmp_path / "i.zarr", eps)
+    arr = store.array_info("image/front")
+    assert arr.chunks == (1, 6, 8, 3) and arr.dtype == np.uint8
+    np.testing.assert_array_equal(store.episode(1)["image/front"], eps[1]["image/front"])
+
+
+@pytest.mark.parametrize(
+    "mutate, field",
+    [
+        (lambda ep: ep.pop("reward"), "reward"),
+        (lambda ep: ep.update(action=ep["action"][:-1]), "action"),
+        (lambda ep: ep["obs"].__setitem__((1, 2), np.nan), "obs"),
+        (lambda ep: ep.update(action=ep["action"].astype(str)), "action"),
+        (lambda ep: ep.update(terminated=np.full(len(ep["reward"]), 3)), "terminated"),
+        (lambda ep: ep.update(bogus=ep["reward"]), "bogus"),
+    ],
+    ids=["missing", "length", "nan", "dtype", "flags", "unknown-key"],
+)
+def test_bad_episode_is_rejected_and_nothing_written(tmp_path, rng, mutate, field):
+    target = tmp_path / "bad.zarr"
+    with pytest.raises(DataError, match=field) as info, StoreWriter(target, {}) as w:
+        w.add_episode(random_episode(rng, 5))
+        ep = random_episode(rng, 5)
+        mutate(ep)
+        w.add_episode(ep)
+    assert str(target) in str(info.value)
+    assert not target.exists() and os.listdir(tmp_path) == []
+
+
+def test_episode_must_match_first(tmp_path, rng):
+    with pytest.raises(DataError, match="obs"), StoreWriter(tmp_path / "x.zarr", {}) as w:
+        w.add_episode(random_episode(rng, 5, obs_dim=5))
+        w.add_episode(random_episode(rng, 5, obs_dim=6))
+    assert os.listdir(tmp_path) == []
+
+
+def test_existing_store_protected_and_overwrite(tmp_path, rng):
+    target = tmp_path / "s.zarr"
+    write(target, [random_episode(rng, 5)])
+    with pytest.raises(DataError, match="already exists"):
+        StoreWriter(target, {})
+    with pytest.raises(RuntimeError), StoreWriter(target, {}, overwrite=True) as w:  # error mid-write
+        w.add_episode(random_episode(rng, 9))
+        raise RuntimeError("boom")
+    assert EpisodeStore.open(target).n_transitions == 5  # previous version intact
+    assert write(target, [random_episode(rng, 9)], overwrite=True).n_transitions == 9
+    assert sorted(os.listdir(tmp_path)) == ["s.zarr"]  # no temp leftovers
+
+
+def test_empty_writer_writes_nothing(tmp_path):
+    with pytest.raises(DataError, match="no episodes"), StoreWriter(tmp_path / "e.zarr", {}):
+        pass
+    assert os.listdir(tmp_path) == []
+
+
+def test_open_rejects_damaged_stores(tmp_path, rng):
+    target = tmp_path / "s.zarr"
+    write(target, [random_episode(rng, 5), random_episode(rng, 3)])
+    with pytest.raises(DataError, match="does not exist"):
+        EpisodeStore.open(tmp_path / "nope.zarr")
+    root = zarr.open_group(target, mode="a")
+    root.attrs["format_version"] = 99
+    with pytest.raises(DataError, match="format_version"):
+        EpisodeStore.open(target)
+    root.attrs["format_version"] = 1
+    root["data/reward"].resize((7,))
+    with pytest.raises(DataError, match="data/reward.*7 rows"):
+        EpisodeStore.open(target)
+    root["data/reward"].resize((8,))
+    del root["data/action"]
+    with pytest.raises(DataError, match="action"):
+        EpisodeStore.open(target)
+
+
+def test_wrong_dtype_in_store(tmp_path, rng):
+    target = tmp_path / "s.zarr"
+    write(target, [random_episode(rng, 5)])
+    root = zarr.open_group(target, mode="a")
+    del root["data/reward"]
+    root["data"].create_array("reward", data=np.zeros(5, np.int32))
+    with pytest.raises(DataError, match=r"data/reward.*int32.*float32"):
+        EpisodeStore.open(target)
+
+
+def test_deleted_and_corrupt_chunks(tmp_path, rng):
+    target = tmp_path / "s.zarr"
+    write(target, [random_episode(rng, 5)])
+    chunk = target / "data" / "obs" / "c" / "0" / "0"
+    assert chunk.is_file()
+    saved = chunk.read_bytes()
+    chunk.unlink()
+    store = EpisodeStore.open(target)  # structure is fine; the data is not
+    with pytest.raises(DataError, match=r"data/obs.*missing 1 of 1 chunk"):
+        store.validate(deep=True)
+    with pytest.raises(DataError, match="data/obs"):
+        EpisodeStore.open(target).load()
+    with pytest.raises(DataError, match="data/obs"):
+        EpisodeStore.open(target, deep=True)
+    chunk.write_bytes(saved[: len(saved) // 2])  # truncated chunk file
+    with pytest.raises(DataError, match=r"store .*s\.zarr: cannot read field 'data/obs'"):
+        EpisodeStore.open(target).flat_obs()
