@@ -80,6 +80,37 @@ def _buffers(store: EpisodeStore) -> Iterator[Any]:
                             terminations=data["terminated"][a:b], truncations=data["truncated"][a:b])
 
 
+def _env_spec_json(env: dict[str, Any]) -> str | None:
+    """The gymnasium EnvSpec JSON Minari stores: kept from a Minari source, else rebuilt from the env id and
+    kwargs when the id is registered (so ``recover_environment`` works); None when neither is possible."""
+    if env.get("gym_spec"):
+        return str(env["gym_spec"])
+    if not env.get("id"):
+        return None
+    import dataclasses
+
+    import gymnasium as gym
+
+    for attempt in range(2):
+        try:
+            spec = gym.spec(env["id"])
+            break
+        except Exception:
+            if attempt:
+                return None
+            with contextlib.suppress(Exception):
+                import gymnasium_robotics
+
+                gym.register_envs(gymnasium_robotics)
+    changes: dict[str, Any] = {"kwargs": {**spec.kwargs, **(env.get("kwargs") or {})}}
+    if env.get("max_episode_steps"):
+        changes["max_episode_steps"] = int(env["max_episode_steps"])
+    try:
+        return dataclasses.replace(spec, **changes).to_json()
+    except Exception:  # kwargs that are not JSON-serialisable
+        return None
+
+
 def export_minari(store_path: str | os.PathLike, dataset_id: str, *, data_path: str | os.PathLike | None = None,
                   data_format: str = "hdf5") -> Path:
     """Export to ``<data_path or MINARI_DATASETS_PATH>/<dataset_id>``; returns that folder. Images are not
@@ -103,9 +134,9 @@ def export_minari(store_path: str | os.PathLike, dataset_id: str, *, data_path: 
                 description=f"Exported by genctl from {store_path} (source: {attrs.get('source')})",
                 data_format=data_format)
             extra: dict[str, Any] = {}
-            env = attrs.get("env") or {}
-            if env.get("gym_spec"):
-                extra["env_spec"] = env["gym_spec"]
+            spec = _env_spec_json(attrs.get("env") or {})
+            if spec:
+                extra["env_spec"] = spec
             if attrs.get("ref_min_score") is not None and attrs.get("ref_max_score") is not None:
                 extra["ref_min_score"] = float(attrs["ref_min_score"])
                 extra["ref_max_score"] = float(attrs["ref_max_score"])

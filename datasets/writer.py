@@ -102,9 +102,20 @@ def json_clean(obj: Any) -> Any:
         return json_clean(obj.tolist())
     if isinstance(obj, np.generic):
         obj = obj.item()
+    if isinstance(obj, bytes):  # HDF5 string attributes
+        return obj.decode("utf-8", errors="replace")
     if isinstance(obj, float) and not np.isfinite(obj):
         return None
     return obj
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _swap_into_place(tmp: Path, target: Path) -> None:
@@ -118,6 +129,7 @@ def _swap_into_place(tmp: Path, target: Path) -> None:
             libc = ctypes.CDLL(libc_name, use_errno=True)
             at_fdcwd, rename_exchange = -100, 2
             if libc.renameat2(at_fdcwd, os.fsencode(tmp), at_fdcwd, os.fsencode(target), rename_exchange) == 0:
+                _fsync_dir(target.parent)
                 shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the previous version
                 return
     replace_dir(tmp, target)

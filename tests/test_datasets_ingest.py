@@ -213,3 +213,19 @@ def test_minari_nan_writes_nothing(tmp_path, minari_root):
     assert leftovers(tmp_path) == ["minari"]
     with pytest.raises(DataError, match="no Minari dataset"):
         ingest("test/none-v0", tmp_path / "s.zarr", fmt="minari")
+
+
+def test_d4rl_store_exports_to_minari_with_env_spec(tmp_path, minari_root):
+    import minari
+
+    src = make_d4rl_file(tmp_path / "d.hdf5", n=120, episode_len=60, infos=False)
+    store = ingest(src, tmp_path / "s.zarr")
+    export_minari(store.path, "exp/hopper-v0")
+    back = minari.load_dataset("exp/hopper-v0")
+    assert back.env_spec.id == "Hopper-v5" and back.storage.metadata["ref_min_score"] == pytest.approx(-20.27)
+    ep = next(iter(back.iterate_episodes()))
+    with h5py.File(src) as f:  # T+1 observations = obs followed by the last next_obs
+        np.testing.assert_array_equal(ep.observations[:-1], f["observations"][:60])
+        np.testing.assert_array_equal(ep.observations[-1], f["next_observations"][59])
+    again = ingest("exp/hopper-v0", tmp_path / "again.zarr")
+    np.testing.assert_array_equal(again.load()["next_obs"], store.load()["next_obs"])
