@@ -102,8 +102,13 @@ class DMCEnv(gym.Env):
     def render(self) -> np.ndarray | None:
         if self.render_mode != "rgb_array":
             return None
-        return self._env.physics.render(self.height, self.width, camera_id=self.camera_id,
-                                        render_flag_overrides=self._render_flags)
+        try:
+            return self._env.physics.render(self.height, self.width, camera_id=self.camera_id,
+                                            render_flag_overrides=self._render_flags)
+        except Exception as exc:
+            from genctl.envs.wrappers import render_error
+
+            raise render_error(exc) from exc
 
     def close(self) -> None:
         self._env.close()

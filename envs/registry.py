@@ -22,6 +22,7 @@ import difflib
 import functools
 import io
 import json
+import logging
 import re
 from typing import Any
 
@@ -32,6 +33,9 @@ from gymnasium import spaces
 from genctl.envs.dmc import DMC_TASKS, DMCEnv, parse_dmc_id
 from genctl.envs.wrappers import DefaultSeed, FastRender, FlatDictObservation, Float32Observation, SuccessInfo
 from genctl.errors import DataError, GenctlError
+
+# PyOpenGL logs "No OpenGL_accelerate module loaded" at INFO on import; it is noise for our users.
+logging.getLogger("OpenGL").setLevel(logging.WARNING)
 
 _FAMILIES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("mujoco", re.compile(r"(Hopper|HalfCheetah|Walker2d|Ant)-v5")),

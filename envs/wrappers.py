@@ -145,12 +145,28 @@ class FastRender(gym.Wrapper):
         self._tuned = False
 
     def render(self) -> Any:
-        if not self._tuned:
-            self._tuned = True
-            renderer = find_mujoco_renderer(self.env)
+        if self._tuned:
+            return self.env.render()
+        self._tuned = True
+        renderer = find_mujoco_renderer(self.env)
+        try:
             if renderer is not None and self.env.render_mode == "rgb_array":
                 tune_mujoco_renderer(renderer)
-        return self.env.render()
+            return self.env.render()
+        except Exception as exc:  # first GL context: turn a bare GL/EGL failure into advice
+            raise render_error(exc) from exc
+
+
+def render_error(exc: BaseException) -> Exception:
+    """A GenctlError that says how to get headless rendering working."""
+    import os
+
+    from genctl.errors import GenctlError
+
+    return GenctlError(
+        f"offscreen rendering failed with MUJOCO_GL={os.environ.get('MUJOCO_GL')!r} "
+        f"({type(exc).__name__}: {exc}). For EGL install libegl1 libegl-mesa0 libgl1-mesa-dri; for OSMesa "
+        "install libosmesa6 and set MUJOCO_GL=osmesa PYOPENGL_PLATFORM=osmesa before importing genctl.")
 
 
 class DefaultSeed(gym.Wrapper):

@@ -39,6 +39,9 @@ def _smoke(env_id: str) -> None:
         assert isinstance(env.observation_space, gym.spaces.Box) and env.observation_space.dtype == np.float32
         assert obs.dtype == np.float32 and obs.shape == env.observation_space.shape
         assert isinstance(info["success"], bool)
+        keys = env.get_wrapper_attr("obs_keys") if isinstance(env.unwrapped.observation_space, gym.spaces.Dict) \
+            else None
+        assert keys is None or keys == sorted(keys)  # the documented flat order
         obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
         assert obs.shape == env.observation_space.shape and np.isfinite(obs).all()
         assert isinstance(info["success"], bool) and isinstance(terminated, bool) and isinstance(truncated, bool)
