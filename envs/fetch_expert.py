@@ -84,11 +84,12 @@ class FetchExpert(Expert):
         held = xy_err < 0.02 and abs(rel[2]) < 0.02 and fingers.sum() < 0.09
         if held and self.grasp_steps >= 2:
             return self._move(grip, grip + (goal - obj), -1.0)
-        if xy_err < 0.01 and abs(rel[2]) < 0.01 or self.grasp_steps > 0 and xy_err < 0.02:
+        if xy_err < 0.015 and abs(rel[2]) < 0.012 or self.grasp_steps > 0 and xy_err < 0.02:
             self.grasp_steps += 1  # close the fingers in place for a couple of steps
             return self._move(grip, obj, -1.0)
         self.grasp_steps = 0
-        if xy_err > 0.01:
+        if xy_err > 0.02 and rel[2] > -0.02 or xy_err > 0.04:
+            # Far, or low beside the block: hover above it first (fingers would hit it from the side).
             hover = obj + np.array([0.0, 0.0, 0.03 if xy_err < 0.05 else 0.06])
             return self._move(grip, hover, 1.0)
-        return self._move(grip, obj, 1.0)
+        return self._move(grip, obj, 1.0)  # above it and roughly aligned: descend while centring

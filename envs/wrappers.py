@@ -38,17 +38,6 @@ def dict_space_leaves(space: spaces.Dict, prefix: str = "") -> list[tuple[str, s
     return out
 
 
-def _flatten_value(obs: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
-    out: dict[str, np.ndarray] = {}
-    for name, value in obs.items():
-        key = f"{prefix}{_key(name)}"
-        if isinstance(value, Mapping):
-            out.update(_flatten_value(value, prefix=key + "/"))
-        else:
-            out[key] = np.asarray(value)
-    return out
-
-
 class FlatDictObservation(gym.ObservationWrapper):
     """Flattens a (possibly nested) Dict observation into one float32 vector.
 
@@ -61,6 +50,7 @@ class FlatDictObservation(gym.ObservationWrapper):
         assert isinstance(env.observation_space, spaces.Dict)
         leaves = dict_space_leaves(env.observation_space)
         self.obs_keys: list[str] = [k for k, _ in leaves]
+        self._paths = _leaf_paths(env.observation_space)
         self.obs_shapes: dict[str, tuple[int, ...]] = {k: tuple(s.shape) for k, s in leaves}
         low = np.concatenate([np.broadcast_to(s.low, s.shape).ravel() for _, s in leaves])
         high = np.concatenate([np.broadcast_to(s.high, s.shape).ravel() for _, s in leaves])
@@ -68,9 +58,25 @@ class FlatDictObservation(gym.ObservationWrapper):
         self.last_obs_dict: dict[str, np.ndarray] | None = None
 
     def observation(self, observation: Mapping[str, Any]) -> np.ndarray:
-        flat = _flatten_value(observation)
-        self.last_obs_dict = {k: flat[k].copy() for k in self.obs_keys}
-        return np.concatenate([flat[k].ravel() for k in self.obs_keys]).astype(np.float32)
+        leaves = []
+        for path in self._paths:
+            value = observation
+            for name in path:
+                value = value[name]
+            leaves.append(np.array(value))  # a copy: envs may reuse their buffers
+        self.last_obs_dict = dict(zip(self.obs_keys, leaves, strict=True))
+        return np.concatenate([v.ravel() for v in leaves]).astype(np.float32)
+
+
+def _leaf_paths(space: spaces.Dict) -> list[tuple[str, ...]]:
+    """Original key paths of the leaves, in the same order as :func:`dict_space_leaves`."""
+    out: list[tuple[str, ...]] = []
+    for name, sub in space.spaces.items():
+        if isinstance(sub, spaces.Dict):
+            out.extend((name, *rest) for rest in _leaf_paths(sub))
+        else:
+            out.append((name,))
+    return out
 
 
 class Float32Observation(gym.ObservationWrapper):
