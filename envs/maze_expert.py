@@ -40,6 +40,8 @@ class PointMazeExpert(Expert):
         self.speed, self.gain, self.jitter = speed, gain, jitter
         self.clearance, self.lookahead = clearance, lookahead
         self.waypoints = np.zeros((0, 2))
+        self.goal = np.zeros(2)
+        self._cost = np.ones(self.free.shape)
         self.k = 0
 
     # --- planning -------------------------------------------------------------------------------
@@ -51,7 +53,7 @@ class PointMazeExpert(Expert):
     def plan(self, start_xy: np.ndarray, goal_xy: np.ndarray) -> np.ndarray:
         """Waypoints (cell centres after the start cell, then the exact goal)."""
         start, goal = self._cell(start_xy), self._cell(goal_xy)
-        cost = 1.0 + self.jitter * self.rng.random(self.free.shape)
+        cost = self._cost
         dist = np.full(self.free.shape, np.inf)
         nxt: dict[tuple[int, int], tuple[int, int]] = {}
         dist[goal] = 0.0
@@ -80,17 +82,19 @@ class PointMazeExpert(Expert):
         route.append(np.asarray(goal_xy, dtype=np.float64))
         return np.array(route, dtype=np.float64)
 
-    def _clear(self, a: np.ndarray, b: np.ndarray) -> bool:
+    def _clear(self, a: np.ndarray, b: np.ndarray, clearance: float | None = None) -> bool:
         """True if a corridor of half-width ``clearance`` from a to b stays in free cells."""
         delta = b - a
         length = float(np.linalg.norm(delta))
         if length < 1e-9:
             return True
-        normal = np.array([-delta[1], delta[0]]) / length * self.clearance * self.scale
+        width = self.clearance if clearance is None else clearance
+        normal = np.array([-delta[1], delta[0]]) / length * width * self.scale
+        offsets = (normal, -normal) if width > 0 else ()
         n = max(2, int(length / (0.1 * self.scale)) + 1)
         for t in np.linspace(0.0, 1.0, n):
             p = a + t * delta
-            for q in (p, p + normal, p - normal):
+            for q in (p, *(p + o for o in offsets)):
                 i, j = self.maze.cell_xy_to_rowcol(q)
                 if not (0 <= i < self.free.shape[0] and 0 <= j < self.free.shape[1]) or not self.free[i, j]:
                     return False
@@ -99,13 +103,22 @@ class PointMazeExpert(Expert):
     # --- Expert API -----------------------------------------------------------------------------
     def reset(self, obs: np.ndarray, info: dict, rng: np.random.Generator) -> None:
         super().reset(obs, info, rng)
+        # One random cost map per episode: replans keep preferring the same route (no dithering).
+        self._cost = 1.0 + self.jitter * self.rng.random(self.free.shape)
         d = self.split(obs)
-        self.waypoints = self.plan(d["achieved_goal"], d["desired_goal"])
+        self._replan(d["achieved_goal"], d["desired_goal"])
+
+    def _replan(self, pos: np.ndarray, goal: np.ndarray) -> None:
+        self.goal = np.array(goal, dtype=np.float64)
+        self.waypoints = self.plan(pos, self.goal)
         self.k = 0
 
     def act(self, obs: np.ndarray, info: dict) -> np.ndarray:
         d = self.split(obs)
         pos, vel = d["observation"][:2], d["observation"][2:4]
+        if not np.allclose(d["desired_goal"], self.goal) or not self._clear(pos, self.waypoints[self.k], 0.0):
+            # The goal moved (continuing tasks) or noise pushed the ball out of sight of its target.
+            self._replan(pos, d["desired_goal"])
         last = len(self.waypoints) - 1
         for j in range(min(last, self.k + self.lookahead), self.k, -1):
             if self._clear(pos, self.waypoints[j]):
