@@ -4,11 +4,14 @@ Time convention: t=0 noise, t=1 data (see ``paths``). Whatever the network predi
 use the probability-flow ODE dx/dt = v(t, x): a velocity network gives v directly, an eps-prediction
 network gives v = (a'/a) x + (b' - a' b / a) eps_hat, which is the exact PF-ODE of the VP-SDE.
 
-``log_prob`` integrates the same ODE backwards from the data end with the instantaneous change of variables
-log p(x(t_end)) = log N(x(0); 0, prior_std^2) - integral_0^t_end div v dt, using either the exact divergence
-(D tangents, cheap for small action dims) or a Hutchinson estimate with Rademacher probes that are fixed
-along one trajectory. With the residual backbone both are forward-mode tangents computed inside one
-stacked forward pass (see ``nets``); any other backbone falls back to autograd VJPs.
+``log_prob`` integrates the same ODE backwards from the data end. Two estimators:
+* exact (small action dims): the D tangent columns of the solver map's Jacobian are carried along, and
+  log p = log N(x(0)) + log|det dx(0)/dx(t_end)| is the exact change of variables of the discretised flow
+  (converging to the ODE density as steps grow; for ``sample_with_log_prob`` it is the exact density of
+  the sampler as run);
+* Hutchinson: log p = log N(x(0)) - integral of div v dt with Rademacher probes fixed along the trajectory.
+With the residual backbone the tangents are forward-mode JVPs computed beside the primal in the same pass
+(see ``nets``); any other backbone falls back to autograd VJPs.
 """
 
 from __future__ import annotations
@@ -92,59 +95,78 @@ class GenerativeModel(nn.Module):
         self._grids[key] = (version, grid)
         return grid
 
-    def _field(self, cond: Tensor | None, grid: _Grid, probes: Tensor | None, scale: float) -> Field:
+    def _field(self, cond: Tensor | None, grid: _Grid, probes: Tensor | None = None,
+               scale: float = 1.0) -> Field:
+        """Velocity field on the grid. ``probes`` (K, B, D): Hutchinson "trace" mode (fixed probes, mean over
+        K with ``scale`` = 1/K); otherwise tangents passed per call give J_v @ tangents ("jacobian" mode)."""
         noise = self.prediction == "noise"
         A, B = grid.A, grid.B
         bb = self.backbone
         if hasattr(bb, "prepare"):
             ctx = bb.prepare(grid.temb, cond)
 
-            def fast(x: Tensor, j: int) -> tuple[Tensor, Tensor | None]:
-                out, out_t = bb.evaluate(x, ctx, j, probes)
+            def fast(x: Tensor, tang: Tensor | None, j: int) -> tuple[Tensor, Tensor | None]:
+                tin = probes if probes is not None else tang
+                out, out_t = bb.evaluate(x, ctx, j, tin)
                 if noise:
                     if torch.is_grad_enabled():
                         out = A[j] * x + B[j] * out
                     else:
                         out = out.mul_(B[j]).add_(x, alpha=A[j])
-                if probes is None:
-                    return out, None
-                if noise:
-                    out_t = A[j] * probes + B[j] * out_t
-                return out, (probes * out_t).sum(-1).sum(0) * scale
+                    if tin is not None:
+                        out_t = A[j] * tin + B[j] * out_t
+                if probes is not None:
+                    return out, (probes * out_t).sum(-1).sum(0) * scale
+                return out, out_t
 
             return fast
 
-        def generic(x: Tensor, j: int) -> tuple[Tensor, Tensor | None]:
+        def generic(x: Tensor, tang: Tensor | None, j: int) -> tuple[Tensor, Tensor | None]:
             t = grid.ts[j].expand(x.shape[0])
 
             def vel(x_: Tensor) -> Tensor:
                 out = bb(x_, t, cond)
                 return A[j] * x_ + B[j] * out if noise else out
 
-            if probes is None:
+            if probes is None and tang is None:
                 return vel(x), None
             graph = torch.is_grad_enabled()
             with torch.enable_grad():
                 xg = x if x.requires_grad else x.detach().requires_grad_(True)
                 v = vel(xg)
-                div = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-                for p in probes:  # VJP p^T J, dotted with p: p^T J p
-                    (g,) = torch.autograd.grad(v, xg, p, create_graph=graph, retain_graph=True)
-                    div = div + (g * p).sum(-1)
+                if probes is not None:  # VJP p^T J, dotted with p: p^T J p
+                    extra = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+                    for p in probes:
+                        (g,) = torch.autograd.grad(v, xg, p, create_graph=graph, retain_graph=True)
+                        extra = extra + (g * p).sum(-1) * scale
+                else:  # full Jacobian from D VJPs (rows), then J @ tangents
+                    eye = torch.eye(self.action_dim, dtype=x.dtype, device=x.device)
+                    rows = [torch.autograd.grad(v, xg, eye[i].expand_as(v), create_graph=graph,
+                                                retain_graph=True)[0] for i in range(self.action_dim)]
+                    jac = torch.stack(rows, dim=1)  # (B, D_out, D_in)
+                    extra = torch.einsum("boi,kbi->kbo", jac, tang)
             if not graph:
-                v, div = v.detach(), div.detach()
-            return v, div * scale
+                v, extra = v.detach(), extra.detach()
+            return v, extra
 
         return generic
 
-    def _probes(self, rows: int, ref: Tensor, exact: bool, n_probes: int,
-                generator: torch.Generator | None) -> tuple[Tensor, float]:
+    def _density_args(self, rows: int, ref: Tensor, exact: bool, n_probes: int,
+                      generator: torch.Generator | None) -> dict[str, Any]:
+        """Integrator arguments for a log-density: identity tangents (exact) or Rademacher probes."""
         D = self.action_dim
         if exact:
             eye = torch.eye(D, dtype=ref.dtype, device=ref.device)
-            return eye[:, None, :].expand(D, rows, D).contiguous(), 1.0
+            return {"mode": "jacobian", "tangents": eye[:, None, :].expand(D, rows, D).contiguous()}
         r = torch.randint(0, 2, (n_probes, rows, D), generator=generator, device=ref.device)
-        return r.to(ref.dtype).mul_(2).sub_(1), 1.0 / n_probes
+        return {"mode": "trace", "probes": r.to(ref.dtype).mul_(2).sub_(1), "scale": 1.0 / n_probes}
+
+    @staticmethod
+    def _logdet(tangents: Tensor) -> Tensor:
+        """log |det| of the Jacobian whose columns are the K = D tangents (K, B, D)."""
+        if tangents.shape[0] == 1:
+            return tangents[0, :, 0].abs().log()
+        return torch.linalg.slogdet(tangents.transpose(0, 1))[1]
 
     def _log_prior(self, z: Tensor) -> Tensor:
         s2 = self.path.prior_std**2
@@ -169,7 +191,12 @@ class GenerativeModel(nn.Module):
         return z * self.path.prior_std if self.path.prior_std != 1.0 else z.clone()
 
     def _ref(self) -> Tensor:
-        return next(self.backbone.parameters())
+        """A tensor giving the model's device and dtype (a backbone may have no parameters, e.g. in tests)."""
+        for t in self.backbone.parameters():
+            return t
+        for t in self.backbone.buffers():
+            return t
+        return torch.zeros(())
 
     # -- public API ----------------------------------------------------------------------------------------
     def sample(self, cond: Tensor | None, *, n: int | None = None, solver: str = "euler", steps: int = 32,
@@ -198,44 +225,56 @@ class GenerativeModel(nn.Module):
         x, _ = integrate(field, x, steps=steps, t0=0.0, t1=self.path.t_end, solver=solver, inplace=inplace)
         return x
 
+    def _density_solve(self, start: Tensor, cond: Tensor | None, grid: _Grid, solver: str, steps: int,
+                       exact: bool, n_probes: int, generator: torch.Generator | None, reverse: bool,
+                       checkpoint: bool) -> tuple[Tensor, Tensor]:
+        """Solve from ``start`` and return (far end, log-density of the *data* end)."""
+        args = self._density_args(start.shape[0], start, exact, n_probes, generator)
+        field = self._field(cond, grid, args.pop("probes", None), args.pop("scale", 1.0))
+        end, aux = integrate(field, start, steps=steps, t0=0.0, t1=self.path.t_end, solver=solver,
+                             reverse=reverse, checkpoint=checkpoint, **args)
+        z = end if reverse else start
+        if args["mode"] == "trace":
+            return end, self._log_prior(z) - aux
+        # exact: aux = d(end)/d(start); forward log p(x) = log N(z) - log|det dx/dz|, reverse + log|det dz/dx|
+        logdet = self._logdet(aux)
+        return end, self._log_prior(z) + (logdet if reverse else -logdet)
+
     def sample_with_log_prob(self, cond: Tensor | None, *, n: int | None = None, solver: str = "euler",
                              steps: int = 32, exact_trace: bool = True, n_probes: int = 1,
                              generator: torch.Generator | None = None, noise: Tensor | None = None,
                              checkpoint: bool = False) -> tuple[Tensor, Tensor]:
-        """Differentiable sample and its log-density along the *same* trajectory (no second solve).
+        """Differentiable sample and its log-density from the *same* trajectory (no second solve).
 
-        log p(x(t_end)) = log N(z) - integral div v dt, accumulated as the sample is generated.
+        ``exact_trace``: the D tangent columns of d(sample)/dz are carried through the solver's own steps, so
+        log pi = log N(z) - log|det dx/dz| is the exact density of this discrete sampler (no O(h) trace
+        quadrature error for an optimiser to exploit). Otherwise log N(z) - integral of a Hutchinson divergence.
         Returns (actions (rows, D), log_prob (rows,)); gradients flow into the parameters.
         """
         check_solver(solver, steps)
         cond_r, rows, _ = self._rows(cond, n)
         ref = self._ref()
-        grid = self._grid(steps, ref)
         z = self._initial(rows, ref, noise, generator)
-        probes, scale = self._probes(rows, ref, exact_trace, n_probes, generator)
-        field = self._field(cond_r, grid, probes, scale)
-        x, acc = integrate(field, z, steps=steps, t0=0.0, t1=self.path.t_end, solver=solver,
-                           with_div=True, checkpoint=checkpoint)
-        return x, self._log_prior(z) - acc
+        return self._density_solve(z, cond_r, self._grid(steps, ref), solver, steps, exact_trace, n_probes,
+                                   generator, reverse=False, checkpoint=checkpoint)
 
     def log_prob(self, x: Tensor, cond: Tensor | None = None, *, steps: int = 32, solver: str = "euler",
                  exact_trace: bool = False, n_probes: int = 1, generator: torch.Generator | None = None,
                  with_grad: bool = False, checkpoint: bool = False) -> Tensor:
         """log density (B,) of actions x under the model, by the reverse probability-flow ODE.
 
-        ``exact_trace``: exact divergence via D tangents (use for D <= ~8); otherwise Hutchinson with
-        ``n_probes`` Rademacher probes (unbiased; average repeated calls to reduce variance).
+        ``exact_trace``: exact change of variables of the discretised reverse flow via D tangents (use for
+        D <= ~8; converges to the ODE density as steps grow); otherwise Hutchinson with ``n_probes``
+        Rademacher probes (unbiased for the trace integral; average repeated calls to reduce variance).
         ``with_grad``: keep the graph (gradients w.r.t. x and any parameter that requires grad).
         """
         check_solver(solver, steps)
         ref = self._ref()
         grid = self._grid(steps, ref)
         with torch.set_grad_enabled(with_grad and torch.is_grad_enabled()):
-            probes, scale = self._probes(x.shape[0], ref, exact_trace, n_probes, generator)
-            field = self._field(cond, grid, probes, scale)
-            x0, acc = integrate(field, x, steps=steps, t0=0.0, t1=self.path.t_end, solver=solver,
-                                reverse=True, with_div=True, checkpoint=checkpoint)
-            return self._log_prior(x0) - acc
+            x = x.to(ref.dtype)
+            return self._density_solve(x, cond, grid, solver, steps, exact_trace, n_probes, generator,
+                                       reverse=True, checkpoint=checkpoint)[1]
 
 
 def make_generative_model(kind: str, action_dim: int, cond_dim: int, *, hidden: list[int] | tuple[int, ...] = (

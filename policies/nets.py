@@ -11,8 +11,8 @@ Two things differ in layout only (same maths, same parameter count):
   is computed once per ``sample`` call and the time half once per time grid (the sampler's hot loop then
   only runs ``SiLU -> Linear`` on the sum).
 
-``evaluate(x, ctx, j, tangents)`` also propagates forward-mode tangents by hand (rows stacked under the
-primal rows, so each layer is a single matmul over ``(1+K)*B`` rows). With the ``K = D`` basis vectors this
+``evaluate(x, ctx, j, tangents)`` also propagates forward-mode tangents by hand (all K tangents of a layer
+in one matmul over ``K*B`` rows, beside the primal's). With the ``K = D`` basis vectors this
 gives the exact Jacobian diagonal, i.e. the exact divergence, at ``(1+D)x`` the forward cost, and the result
 is an ordinary autograd graph, so GMPG can back-propagate through the divergence without double-backward.
 """
@@ -41,24 +41,35 @@ class FourierTimeEmbedding(nn.Module):
         return torch.cat([p.sin(), p.cos()], dim=-1)
 
 
-def _lin(h: Tensor, layer: nn.Linear, n: int) -> Tensor:
-    """Linear on stacked (primal, tangent...) rows: the bias belongs to the first ``n`` (primal) rows only."""
-    if h.shape[0] == n:
-        return F.linear(h, layer.weight, layer.bias)
-    y = F.linear(h, layer.weight)
-    y[:n] += layer.bias
-    return y
+# Forward-mode tangents travel beside the primal: a pair (primal (B, F), tangents (K*B, F) or None). Keeping
+# them as separate tensors (not stacked rows) avoids in-place slice writes, whose backward (CopySlices) costs
+# a full zero-fill and copy per layer.
+Pair = tuple[Tensor, Tensor | None]
 
 
-def _silu(pre: Tensor, n: int) -> Tensor:
-    """SiLU on the primal rows; tangent rows are multiplied by SiLU'(primal pre-activation)."""
-    if pre.shape[0] == n:
-        return F.silu(pre)
-    p = pre[:n]
+def _lin(h: Pair, layer: nn.Linear) -> Pair:
+    """Linear map; the bias is part of the primal only (tangents are differences)."""
+    p, t = h
+    return F.linear(p, layer.weight, layer.bias), (None if t is None else F.linear(t, layer.weight))
+
+
+def _silu(h: Pair) -> Pair:
+    """SiLU on the primal; tangents are scaled by SiLU'(primal) = s (1 + p (1 - s)), s = sigmoid(p)."""
+    p, t = h
+    if t is None:
+        return F.silu(p), None
     s = torch.sigmoid(p)
-    d = s * (1.0 + p * (1.0 - s))
-    tang = pre[n:].view(-1, n, pre.shape[-1]) * d
-    return torch.cat([p * s, tang.view(-1, pre.shape[-1])], dim=0)
+    out = p * s
+    d = s + out * (1.0 - s)
+    return out, (t.view(-1, *p.shape) * d).view(t.shape)
+
+
+def _add(a: Pair, b: Pair) -> Pair:
+    return a[0] + b[0], (None if a[1] is None else a[1] + b[1])
+
+
+def _cat(a: Pair, b: Pair) -> Pair:
+    return torch.cat([a[0], b[0]], -1), (None if a[1] is None else torch.cat([a[1], b[1]], -1))
 
 
 class ResBlock(nn.Module):
@@ -70,11 +81,10 @@ class ResBlock(nn.Module):
         self.lin2 = nn.Linear(d_out, d_out)
         self.skip = nn.Linear(d_in, d_out) if d_in != d_out else None
 
-    def forward(self, x: Tensor, cond: Tensor, n: int) -> Tensor:
-        h = _silu(_lin(x, self.lin1, n), n)
-        h[:n] += cond
-        h = _silu(_lin(h, self.lin2, n), n)
-        return h + (x if self.skip is None else _lin(x, self.skip, n))
+    def forward(self, x: Pair, cond: Tensor) -> Pair:
+        p, t = _silu(_lin(x, self.lin1))
+        h = _silu(_lin((p + cond, t), self.lin2))
+        return _add(h, x if self.skip is None else _lin(x, self.skip))
 
 
 class ResidualMLPBackbone(nn.Module):
@@ -123,24 +133,24 @@ class ResidualMLPBackbone(nn.Module):
         return list(self.cond_proj(F.silu(c)).split(self.widths, dim=-1))
 
     # -- trunk -------------------------------------------------------------------------------------------
-    def _trunk(self, x: Tensor, conds: list[Tensor], n: int) -> Tensor:
+    def _trunk(self, x: Pair, conds: list[Tensor]) -> Pair:
         skips = []
         h = x
         for i in range(self.n_down):
-            h = self.blocks[i](h, conds[i], n)
+            h = self.blocks[i](h, conds[i])
             skips.append(h)
-        h = self.blocks[self.n_down](h, conds[self.n_down], n)
+        h = self.blocks[self.n_down](h, conds[self.n_down])
         for k, i in enumerate(range(self.n_down - 1, 0, -1)):
             j = self.n_down + 1 + k
-            h = self.blocks[j](torch.cat([h, skips[i]], dim=-1), conds[j], n)
-        return _lin(torch.cat([h, skips[0]], dim=-1), self.out, n)
+            h = self.blocks[j](_cat(h, skips[i]), conds[j])
+        return _lin(_cat(h, skips[0]), self.out)
 
     def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
         """Training path: x (B, D), t (B,) or scalar, cond (B, S) or None."""
         pre = self.state_proj(cond) + self.time_proj(self.time_embed(t))
         if pre.dim() == 1:
             pre = pre.expand(x.shape[0], -1)
-        return self._trunk(x, self._block_conds(pre), x.shape[0])
+        return self._trunk((x, None), self._block_conds(pre))[0]
 
     # -- sampler fast path ---------------------------------------------------------------------------------
     def prepare(self, temb_table: Tensor, cond: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -157,10 +167,9 @@ class ResidualMLPBackbone(nn.Module):
             pre = pre.expand(n, -1)
         conds = self._block_conds(pre)
         if tangents is None:
-            return self._trunk(x, conds, n), None
-        h = torch.cat([x, tangents.reshape(-1, x.shape[-1])], dim=0)
-        out = self._trunk(h, conds, n)
-        return out[:n], out[n:].view(tangents.shape)
+            return self._trunk((x, None), conds)[0], None
+        out, out_t = self._trunk((x, tangents.reshape(-1, x.shape[-1])), conds)
+        return out, out_t.view(tangents.shape)
 
 
 class EnsembleMLP(nn.Module):

@@ -1,0 +1,116 @@
+"""Performance figures for genctl.policies on this machine (not a test).
+
+    .venv/bin/python benchmarks/policies.py [--threads 2] [--repeat 5] [--nets ref,small]
+
+Prints, per network size (``ref`` = GenerativeRL's TemporalSpatialResidualNet 512/256/128 = 1.63 M params at
+Hopper dims |S|=11, |A|=3; ``small`` = 128/64/32):
+  GMPO train step it/s (batch 4096)            target >= 10
+  IQL critic step it/s (batch 4096, 256x256)    target >= 30
+  GMPG iteration s (batch 4096, 10 Euler steps) target <= 1
+  sample latency, 31 Euler steps, batch 1 / 64  targets <= 1.5 ms / <= 8 ms
+and the FLOP rate each training step achieves (counted with torch's FlopCounterMode) as a fraction of a
+dense 1024^3 float32 matmul measured in the same run. Medians of ``--repeat`` timed runs after warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from collections.abc import Callable
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # 2 shared cores: avoid OpenMP spin-wait collapse
+
+import torch  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+from genctl.policies import IQLCritic, count_parameters, make_algorithm, make_generative_model  # noqa: E402
+
+OBS, ACT, BATCH = 11, 3, 4096
+NETS = {"ref": [512, 256, 128], "small": [128, 64, 32]}
+
+
+def timeit(fn: Callable[[], object], repeat: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def flops_of(fn: Callable[[], object]) -> int:
+    with FlopCounterMode(display=False) as fc:
+        fn()
+    return fc.get_total_flops()
+
+
+def matmul_rate(repeat: int) -> float:
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    sec = timeit(lambda: a @ b, max(repeat, 5))
+    return 2 * 1024**3 / sec
+
+
+def batch(n: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    return {"obs": torch.randn(n, OBS, generator=gen), "action": torch.rand(n, ACT, generator=gen) * 2 - 1,
+            "reward": torch.randn(n, generator=gen), "next_obs": torch.randn(n, OBS, generator=gen),
+            "terminal": (torch.rand(n, generator=gen) < 0.01).float()}
+
+
+def report(name: str, value: float, unit: str, target: str, flops: int | None = None, sec: float | None = None,
+           peak: float | None = None) -> None:
+    extra = ""
+    if flops is not None and sec and peak:
+        extra = f"  [{flops / sec / 1e9:6.1f} GFLOP/s = {flops / sec / peak:4.0%} of dense matmul]"
+    print(f"  {name:<44s} {value:9.3f} {unit:<5s} (target {target}){extra}", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--nets", default="ref,small")
+    ap.add_argument("--kind", default="gvp", choices=["vpsde", "gvp", "icfm"])
+    ap.add_argument("--skip-gmpg", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    peak = matmul_rate(args.repeat)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, dense 1024^3 matmul "
+          f"{peak / 1e9:.1f} GFLOP/s, model kind {args.kind}", flush=True)
+
+    critic = IQLCritic(OBS, ACT)
+    b = batch(BATCH, gen)
+    sec = timeit(lambda: critic.update(b), args.repeat)
+    report("IQL critic step @4096", 1 / sec, "it/s", ">= 10" if False else ">= 30", flops_of(lambda: critic.update(b)),
+           sec, peak)
+
+    for net in args.nets.split(","):
+        hidden = NETS[net]
+        model = make_generative_model(args.kind, ACT, OBS, hidden=hidden)
+        print(f"net {net} hidden={hidden}: {count_parameters(model):,} params", flush=True)
+        gmpo = make_algorithm("gmpo", model, critic=critic, beta=1.0, clamp=100.0)
+        sec = timeit(lambda g=gmpo: g.update(b), args.repeat)
+        report("GMPO train step @4096", 1 / sec, "it/s", ">= 10", flops_of(lambda g=gmpo: g.update(b)), sec, peak)
+
+        for n in (1, 64):
+            cond = torch.randn(n, OBS, generator=gen)
+            sec = timeit(lambda c=cond: model.sample(c, steps=31), max(args.repeat, 20), warmup=3)
+            report(f"sample 31 Euler steps, batch {n}", sec * 1e3, "ms", "<= 1.5 ms" if n == 1 else "<= 8 ms")
+
+        if args.skip_gmpg:
+            continue
+        behaviour = make_generative_model(args.kind, ACT, OBS, hidden=hidden)
+        gmpg = make_algorithm("gmpg", model, critic=critic, behaviour=behaviour, beta=1.0, sample_steps=10,
+                              exact_trace=True, checkpoint=True)
+        sec = timeit(lambda g=gmpg: g.update(b), max(1, args.repeat // 2), warmup=1)
+        report("GMPG iteration @4096, 10 Euler, exact trace", sec, "s", "<= 1 s",
+               flops_of(lambda g=gmpg: g.update(b)), sec, peak)
+
+
+if __name__ == "__main__":
+    main()
