@@ -281,6 +281,8 @@ class StoreWriter:
         except (TypeError, ValueError) as e:
             raise DataError(f"store {self.path}: attributes are not JSON-serialisable: {e}") from None
         self._root.attrs.update(attrs)
+        if self.path.exists() and not self.overwrite:  # created by someone else while we were writing
+            raise DataError(f"store {self.path} appeared while writing; not replaced (overwrite=False)")
         tmp, self._tmp = self._tmp, None
         try:
             _swap_into_place(tmp, self.path)
