@@ -172,6 +172,18 @@ class ResidualMLPBackbone(nn.Module):
         return out, out_t.view(tangents.shape)
 
 
+class InferenceStep(nn.Module):
+    """(x, time row, state projection) -> output: one no-grad sampler step's network work, written so that
+    ``torch.jit.trace`` can record it (the generative model traces whole solves built from it)."""
+
+    def __init__(self, backbone: ResidualMLPBackbone):
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, x: Tensor, trow: Tensor, sproj: Tensor) -> Tensor:
+        return self.backbone._trunk((x, None), self.backbone._block_conds(sproj + trow))[0]
+
+
 class EnsembleMLP(nn.Module):
     """E independent ReLU MLPs evaluated with batched matmuls: (B, in) -> (E, B, out). Used for twin Q."""
 
