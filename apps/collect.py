@@ -218,6 +218,9 @@ def collect(env_id: str, *, expert: str, episodes: int, noise: float, random_fra
             successes += result["summary"]["success"] and not is_random[i]
             bar.update(1)
             bar.set_postfix(success=f"{successes / max(1, i + 1 - is_random[:i + 1].sum()):.0%}")
+        n_expert = episodes - n_random
+        # Written with the other attrs when the writer closes (StoreWriter.attrs is read at finish).
+        writer.attrs["source"]["expert_success_rate"] = successes / n_expert if n_expert else None
     if progress:
         print(f"collected {episodes} episodes in {time.perf_counter() - t0:.1f}s -> {out}")
     return out

@@ -44,6 +44,7 @@ def test_store_contents_and_attrs(maze_store: Path) -> None:
     src = store.attrs["source"]
     assert src["kind"] == "collect" and src["expert"] == "maze" and src["noise"] == 0.3
     assert src["seeds"] == train_seeds(6, start=4) and len(src["random_episodes"]) == 2
+    assert 0.0 <= src["expert_success_rate"] <= 1.0
     assert store.attrs["obs_keys"] == ["achieved_goal", "desired_goal", "observation"]
     assert store.attrs["ref_max_score"] == 1.0 and store.attrs["env"]["kwargs"] == {"continuing_task": False}
     ep = store.episode(0)
