@@ -3,11 +3,11 @@
     .venv/bin/python benchmarks/policies.py [--threads 2] [--repeat 5] [--nets ref,small]
 
 Prints, per network size (``ref`` = GenerativeRL's TemporalSpatialResidualNet 512/256/128 = 1.63 M params at
-Hopper dims |S|=11, |A|=3; ``small`` = 128/64/32):
+Hopper dims |S|=11, |A|=3; ``small`` = 128/64/32, 171 k; ``tiny`` = 64/32/16, 77 k):
   GMPO train step it/s (batch 4096)            target >= 10
   IQL critic step it/s (batch 4096, 256x256)    target >= 30
-  GMPG iteration s (batch 4096, 10 Euler steps) target <= 1
-  sample latency, 31 Euler steps, batch 1 / 64  targets <= 1.5 ms / <= 8 ms
+  GMPG iteration s (batch 4096, 10 Euler steps) target <= 1   (exact sampler density and Hutchinson)
+  sample latency, 31 Euler steps, batch 1 / 64  targets <= 1.5 ms / <= 8 ms (traced solve; eager in brackets)
 and the FLOP rate each training step achieves (counted with torch's FlopCounterMode) as a fraction of a
 dense 1024^3 float32 matmul measured in the same run. Medians of ``--repeat`` timed runs after warm-up.
 """
@@ -28,7 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from genctl.policies import IQLCritic, count_parameters, make_algorithm, make_generative_model  # noqa: E402
 
 OBS, ACT, BATCH = 11, 3, 4096
-NETS = {"ref": [512, 256, 128], "small": [128, 64, 32]}
+NETS = {"ref": [512, 256, 128], "small": [128, 64, 32], "tiny": [64, 32, 16]}
 
 
 def timeit(fn: Callable[[], object], repeat: int, warmup: int = 2) -> float:
@@ -72,7 +72,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--nets", default="ref,small")
+    ap.add_argument("--nets", default="ref,small,tiny")
     ap.add_argument("--kind", default="gvp", choices=["vpsde", "gvp", "icfm"])
     ap.add_argument("--skip-gmpg", action="store_true")
     args = ap.parse_args()
@@ -80,14 +80,14 @@ def main() -> None:
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
     peak = matmul_rate(args.repeat)
+    print(f"load average at start: {os.getloadavg()} (2 cores, shared machine)")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, dense 1024^3 matmul "
           f"{peak / 1e9:.1f} GFLOP/s, model kind {args.kind}", flush=True)
 
     critic = IQLCritic(OBS, ACT)
     b = batch(BATCH, gen)
     sec = timeit(lambda: critic.update(b), args.repeat)
-    report("IQL critic step @4096", 1 / sec, "it/s", ">= 10" if False else ">= 30", flops_of(lambda: critic.update(b)),
-           sec, peak)
+    report("IQL critic step @4096", 1 / sec, "it/s", ">= 30", flops_of(lambda: critic.update(b)), sec, peak)
 
     for net in args.nets.split(","):
         hidden = NETS[net]
@@ -99,17 +99,26 @@ def main() -> None:
 
         for n in (1, 64):
             cond = torch.randn(n, OBS, generator=gen)
-            sec = timeit(lambda c=cond: model.sample(c, steps=31), max(args.repeat, 20), warmup=3)
-            report(f"sample 31 Euler steps, batch {n}", sec * 1e3, "ms", "<= 1.5 ms" if n == 1 else "<= 8 ms")
+            lat = {}
+            for traced in (True, False):
+                model.trace_sampler = traced
+                lat[traced] = timeit(lambda c=cond, m=model: m.sample(c, steps=31), max(args.repeat, 20), warmup=3)
+            model.trace_sampler = True
+            print(f"  {'sample 31 Euler steps, batch ' + str(n):<44s} {lat[True] * 1e3:9.3f} ms    "
+                  f"(target {'<= 1.5 ms' if n == 1 else '<= 8 ms'})  [eager {lat[False] * 1e3:.2f} ms]", flush=True)
 
         if args.skip_gmpg:
             continue
         behaviour = make_generative_model(args.kind, ACT, OBS, hidden=hidden)
-        gmpg = make_algorithm("gmpg", model, critic=critic, behaviour=behaviour, beta=1.0, sample_steps=10,
-                              exact_trace=True, checkpoint=True)
-        sec = timeit(lambda g=gmpg: g.update(b), max(1, args.repeat // 2), warmup=1)
-        report("GMPG iteration @4096, 10 Euler, exact trace", sec, "s", "<= 1 s",
-               flops_of(lambda g=gmpg: g.update(b)), sec, peak)
+        for exact in (True, False):
+            gmpg = make_algorithm("gmpg", model, critic=critic, behaviour=behaviour, beta=1.0, sample_steps=10,
+                                  exact_trace=exact)
+            gmpg.update(batch(256, gen))  # warm-up at a small batch
+            sec = timeit(lambda g=gmpg: g.update(b), 1 if net == "ref" else max(1, args.repeat // 2), warmup=0)
+            name = "exact sampler density" if exact else "Hutchinson, 1 probe"
+            report(f"GMPG iter @4096, 10 Euler, {name}", sec, "s", "<= 1 s",
+                   flops_of(lambda g=gmpg: g.update(b)) if net != "ref" else None, sec, peak)
+    print(f"load average at end: {os.getloadavg()}", flush=True)
 
 
 if __name__ == "__main__":

@@ -104,14 +104,15 @@ class GMPG(Algorithm):
     loss = mean[-beta Q(s, a) + (log pi(a|s) - log mu(a|s)) / (D ln 2)], a = ODESolve_theta(z; s).
     log pi comes from the generation trajectory itself (no second solve); log mu needs a reverse solve of mu,
     under frozen mu parameters but differentiable w.r.t. a. ``exact_trace=None`` picks exact for D <= 8.
-    ``checkpoint`` recomputes each solver step in backward: memory O(steps * B * D) + one step's activations.
+    ``checkpoint`` recomputes each solver step in backward: memory O(steps * B * D) + one step's activations
+    (None = automatic, on when keeping all activations would take more than ~1 GiB).
     """
 
     name = "gmpg"
 
     def __init__(self, model: GenerativeModel, critic: IQLCritic, behaviour: GenerativeModel, *,
                  beta: float = 1.0, sample_steps: int = 10, solver: str = "euler", exact_trace: bool | None = None,
-                 n_probes: int = 1, checkpoint: bool = True, init_from_behaviour: bool = True, lr: float = 1e-4,
+                 n_probes: int = 1, checkpoint: bool | None = None, init_from_behaviour: bool = True, lr: float = 1e-4,
                  grad_clip: float | None = None):
         if critic is None or behaviour is None:
             raise ValueError("gmpg needs a trained critic and a pretrained behaviour model")
@@ -122,14 +123,24 @@ class GMPG(Algorithm):
         self.critic, self.behaviour = critic, behaviour
         self.beta, self.steps, self.solver = float(beta), int(sample_steps), solver
         self.exact = model.action_dim <= 8 if exact_trace is None else bool(exact_trace)
-        self.n_probes, self.checkpoint = int(n_probes), bool(checkpoint)
+        self.n_probes, self.checkpoint = int(n_probes), checkpoint
+
+    def _use_checkpoint(self, rows: int) -> bool:
+        """``checkpoint=None``: recompute steps in backward only when storing every step's activations would
+        exceed ~1 GiB (rough count: two solves x steps x rows x (1 + tangents) x ~6 floats per hidden unit)."""
+        if self.checkpoint is not None:
+            return bool(self.checkpoint)
+        bb = self.model.backbone
+        width = sum(getattr(bb, "widths", [512])) + 2 * self.model.action_dim
+        k = self.model.action_dim if self.exact else self.n_probes
+        return 2 * self.steps * rows * (1 + k) * width * 6 * 4 > 2**30
 
     def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         raise RuntimeError("GMPG.loss must run inside update() (critic and mu are frozen there)")
 
     def _loss(self, obs: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         kw: dict[str, Any] = dict(steps=self.steps, solver=self.solver, exact_trace=self.exact,
-                                  n_probes=self.n_probes, checkpoint=self.checkpoint)
+                                  n_probes=self.n_probes, checkpoint=self._use_checkpoint(obs.shape[0]))
         a, log_pi = self.model.sample_with_log_prob(obs, **kw)
         log_mu = self.behaviour.log_prob(a, obs, with_grad=True, **kw)
         q = self.critic.q(obs, a)
