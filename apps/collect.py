@@ -212,7 +212,7 @@ def collect(env_id: str, *, expert: str, episodes: int, noise: float, random_fra
     workers = min(workers, episodes)
     successes, t0 = 0, time.perf_counter()
     with StoreWriter(out, attrs, overwrite=overwrite) as writer, \
-            tqdm(total=episodes, desc=f"collect {env_id}", unit="ep", disable=not progress) as bar:
+            tqdm(total=episodes, desc=f"collect {env_id}", unit="ep", disable=None if progress else True) as bar:
         for i, result in enumerate(_episodes(jobs, workers, (env_id, expert, env_kwargs, images))):
             writer.add_episode(result["arrays"])
             successes += result["summary"]["success"] and not is_random[i]

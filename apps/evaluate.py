@@ -104,7 +104,7 @@ def evaluate(run: str | Path, *, episodes: int = 10, envs: int = 1, solver: str 
     obs = [None] * k
     warn0: list[dict[int, int]] = [{} for _ in range(k)]
     next_ep, latencies, t_start, env_steps = 0, [], time.perf_counter(), 0
-    bar = tqdm(total=episodes, desc="eval", disable=not progress, mininterval=0.5, dynamic_ncols=True)
+    bar = tqdm(total=episodes, desc="eval", disable=None if progress else True, mininterval=0.5, dynamic_ncols=True)
 
     def start(i: int) -> None:
         nonlocal next_ep
@@ -116,6 +116,7 @@ def evaluate(run: str | Path, *, episodes: int = 10, envs: int = 1, solver: str 
             logger.start_episode(ep.index, ep.seed, env_list[i], obs[i])
         next_ep += 1
 
+    policy.act(np.zeros((k, policy.obs_dim), np.float32), solver=solver, steps=steps)  # warm-up, not timed
     try:
         for i in range(k):
             start(i)

@@ -230,8 +230,8 @@ class Trainer:
                 stage, total = plan[self.stage_idx]
                 bs = self.cfg.critic.batch_size if stage == "critic" else self.cfg.policy.batch_size
                 self._enter_stage(stage)
-                bar = tqdm(total=total, initial=self.stage_step, desc=f"{stage:9s}", disable=not self.progress,
-                           mininterval=0.5, dynamic_ncols=True, leave=True)
+                bar = tqdm(total=total, initial=self.stage_step, desc=f"{stage:9s}", mininterval=0.5,
+                           disable=None if self.progress else True, dynamic_ncols=True, leave=True)
                 t0, n0 = time.perf_counter(), self.stage_step
                 while self.stage_step < total:
                     metrics = self._update(stage, self.data.sample(bs))
@@ -253,17 +253,20 @@ class Trainer:
                             and self.stage_step % self.cfg.eval.every == 0):
                         self.save()
                         logger.log(self.global_step, on_eval(self.run_dir), stage="eval")
-                    if self.stage_step == total:
+                    finished_stage = self.stage_step == total
+                    if finished_stage:
                         self.stage_idx += 1
                         self.stage_step = 0
-                    if self.global_step % self.cfg.ckpt_every == 0 or self.stage_step == 0:
+                    if self.global_step % self.cfg.ckpt_every == 0 or finished_stage:
                         self.save()
                     if stop_after is not None and done_here >= stop_after:
                         bar.close()
-                        self.save()
-                        return False
+                        if not finished_stage:
+                            self.save()
+                        return self.stage_idx >= len(plan)
+                    if finished_stage:
+                        break
                 bar.close()
-            self.save()
             return True
         finally:
             logger.close()

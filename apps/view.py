@@ -80,7 +80,7 @@ def view_store(path: str | Path, *, episodes: str = "0:5", rerun: tuple[str, str
             if walls is not None:
                 viewer.log("maze/walls", rr.Boxes2D(centers=walls[0], half_sizes=walls[1]), static=True)
         viewer.log("store", rr.TextDocument(_describe(store)), static=True)
-        for i in tqdm(idx, desc="episodes", disable=not progress):
+        for i in tqdm(idx, desc="episodes", disable=None if progress else True):
             ep = store.episode(i)
             p = f"ep_{i:03d}"
             t = np.arange(len(ep["action"]))

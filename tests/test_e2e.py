@@ -69,7 +69,9 @@ def test_resume_matches_uninterrupted(store: Path, tmp_path: Path) -> None:
     cli("train", *common, "name=full")
     cli("train", *common, "name=split", "--stop-after", "17")
     split = tmp_path / "split"
-    meta = json.loads(next((split / "checkpoints").glob("step-*/meta.json")).read_text())
+    latest = (split / "checkpoints" / "LATEST").read_text().strip()
+    assert latest == "step-000000017"
+    meta = json.loads((split / "checkpoints" / latest / "meta.json").read_text())
     assert meta["stage"] == "policy" and meta["stage_step"] == 5 and not meta["finished"]
     cli("train", "--resume", str(split))
     for group in ("policy", "ema", "critic"):
