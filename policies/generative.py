@@ -142,16 +142,18 @@ class GenerativeModel(nn.Module):
             with torch.enable_grad():
                 xg = x if x.requires_grad else x.detach().requires_grad_(True)
                 v = vel(xg)
+                m = (probes if probes is not None else tang).shape[1]  # rows whose density is tracked
+                vm = v[:m]
                 if probes is not None:  # VJP p^T J, dotted with p: p^T J p
-                    extra = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+                    extra = torch.zeros(m, dtype=x.dtype, device=x.device)
                     for p in probes:
-                        (g,) = torch.autograd.grad(v, xg, p, create_graph=graph, retain_graph=True)
-                        extra = extra + (g * p).sum(-1) * scale
+                        (g,) = torch.autograd.grad(vm, xg, p, create_graph=graph, retain_graph=True)
+                        extra = extra + (g[:m] * p).sum(-1) * scale
                 else:  # full Jacobian from D VJPs (rows), then J @ tangents
                     eye = torch.eye(self.action_dim, dtype=x.dtype, device=x.device)
-                    rows = [torch.autograd.grad(v, xg, eye[i].expand_as(v), create_graph=graph,
-                                                retain_graph=True)[0] for i in range(self.action_dim)]
-                    jac = torch.stack(rows, dim=1)  # (B, D_out, D_in)
+                    rows = [torch.autograd.grad(vm, xg, eye[i].expand_as(vm), create_graph=graph,
+                                                retain_graph=True)[0][:m] for i in range(self.action_dim)]
+                    jac = torch.stack(rows, dim=1)  # (m, D_out, D_in)
                     extra = torch.einsum("boi,kbi->kbo", jac, tang)
             if not graph:
                 v, extra = v.detach(), extra.detach()
@@ -165,9 +167,10 @@ class GenerativeModel(nn.Module):
         D = self.action_dim
         if exact:
             eye = torch.eye(D, dtype=ref.dtype, device=ref.device)
-            return {"mode": "jacobian", "tangents": eye[:, None, :].expand(D, rows, D).contiguous()}
+            return {"mode": "jacobian", "aux": eye[:, None, :].expand(D, rows, D).contiguous()}
         r = torch.randint(0, 2, (n_probes, rows, D), generator=generator, device=ref.device)
-        return {"mode": "trace", "probes": r.to(ref.dtype).mul_(2).sub_(1), "scale": 1.0 / n_probes}
+        return {"mode": "trace", "probes": r.to(ref.dtype).mul_(2).sub_(1), "scale": 1.0 / n_probes,
+                "aux": torch.zeros(rows, dtype=ref.dtype, device=ref.device)}
 
     @staticmethod
     def _logdet(tangents: Tensor) -> Tensor:
@@ -268,13 +271,14 @@ class GenerativeModel(nn.Module):
 
     def _density_solve(self, start: Tensor, cond: Tensor | None, grid: _Grid, solver: str, steps: int,
                        exact: bool, n_probes: int, generator: torch.Generator | None, reverse: bool,
-                       checkpoint: bool) -> tuple[Tensor, Tensor]:
-        """Solve from ``start`` and return (far end, log-density of the *data* end)."""
-        args = self._density_args(start.shape[0], start, exact, n_probes, generator)
+                       checkpoint: bool, m: int | None = None) -> tuple[Tensor, Tensor]:
+        """Solve from ``start`` and return (far end, log-density of the *data* end for the first m rows)."""
+        m = start.shape[0] if m is None else min(int(m), start.shape[0])
+        args = self._density_args(m, start, exact, n_probes, generator)
         field = self._field(cond, grid, args.pop("probes", None), args.pop("scale", 1.0))
         end, aux = integrate(field, start, steps=steps, t0=0.0, t1=self.path.t_end, solver=solver,
                              reverse=reverse, checkpoint=checkpoint, **args)
-        z = end if reverse else start
+        z = (end if reverse else start)[:m]
         if args["mode"] == "trace":
             return end, self._log_prior(z) - aux
         # exact: aux = d(end)/d(start); forward log p(x) = log N(z) - log|det dx/dz|, reverse + log|det dz/dx|
@@ -284,20 +288,22 @@ class GenerativeModel(nn.Module):
     def sample_with_log_prob(self, cond: Tensor | None, *, n: int | None = None, solver: str = "euler",
                              steps: int = 32, exact_trace: bool = True, n_probes: int = 1,
                              generator: torch.Generator | None = None, noise: Tensor | None = None,
-                             checkpoint: bool = False) -> tuple[Tensor, Tensor]:
+                             checkpoint: bool = False, density_rows: int | None = None) -> tuple[Tensor, Tensor]:
         """Differentiable sample and its log-density from the *same* trajectory (no second solve).
 
         ``exact_trace``: the D tangent columns of d(sample)/dz are carried through the solver's own steps, so
         log pi = log N(z) - log|det dx/dz| is the exact density of this discrete sampler (no O(h) trace
         quadrature error for an optimiser to exploit). Otherwise log N(z) - integral of a Hutchinson divergence.
-        Returns (actions (rows, D), log_prob (rows,)); gradients flow into the parameters.
+        Returns (actions (rows, D), log_prob (m,)) where the density is tracked for the first
+        m = ``density_rows`` rows only (default: all; tangents then cost K*m rows instead of K*rows).
+        Gradients flow into the parameters.
         """
         check_solver(solver, steps)
         cond_r, rows, _ = self._rows(cond, n)
         ref = self._ref()
         z = self._initial(rows, ref, noise, generator)
         return self._density_solve(z, cond_r, self._grid(steps, ref), solver, steps, exact_trace, n_probes,
-                                   generator, reverse=False, checkpoint=checkpoint)
+                                   generator, reverse=False, checkpoint=checkpoint, m=density_rows)
 
     def log_prob(self, x: Tensor, cond: Tensor | None = None, *, steps: int = 32, solver: str = "euler",
                  exact_trace: bool = False, n_probes: int = 1, generator: torch.Generator | None = None,

@@ -12,7 +12,7 @@ Two things differ in layout only (same maths, same parameter count):
   only runs ``SiLU -> Linear`` on the sum).
 
 ``evaluate(x, ctx, j, tangents)`` also propagates forward-mode tangents by hand (all K tangents of a layer
-in one matmul over ``K*B`` rows, beside the primal's). With the ``K = D`` basis vectors this
+in one matmul over ``K*m`` rows, beside the primal's). With the ``K = D`` basis vectors this
 gives the exact Jacobian diagonal, i.e. the exact divergence, at ``(1+D)x`` the forward cost, and the result
 is an ordinary autograd graph, so GMPG can back-propagate through the divergence without double-backward.
 """
@@ -41,9 +41,10 @@ class FourierTimeEmbedding(nn.Module):
         return torch.cat([p.sin(), p.cos()], dim=-1)
 
 
-# Forward-mode tangents travel beside the primal: a pair (primal (B, F), tangents (K*B, F) or None). Keeping
-# them as separate tensors (not stacked rows) avoids in-place slice writes, whose backward (CopySlices) costs
-# a full zero-fill and copy per layer.
+# Forward-mode tangents travel beside the primal: a pair (primal (B, F), tangents (K, m, F) or None), the
+# tangents belonging to the first m <= B primal rows (GMPG may need densities for a subset of the batch only).
+# Keeping them as separate tensors (not stacked rows) avoids in-place slice writes, whose backward
+# (CopySlices) costs a full zero-fill and copy per layer.
 Pair = tuple[Tensor, Tensor | None]
 
 
@@ -61,7 +62,7 @@ def _silu(h: Pair) -> Pair:
     s = torch.sigmoid(p)
     out = p * s
     d = s + out * (1.0 - s)
-    return out, (t.view(-1, *p.shape) * d).view(t.shape)
+    return out, t * d[: t.shape[1]]
 
 
 def _add(a: Pair, b: Pair) -> Pair:
@@ -159,7 +160,8 @@ class ResidualMLPBackbone(nn.Module):
 
     def evaluate(self, x: Tensor, ctx: tuple[Tensor, Tensor], j: int,
                  tangents: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-        """Output at grid time index ``j``; with ``tangents`` (K, B, D) also the JVPs J @ tangent_k (K, B, D)."""
+        """Output at grid time index ``j``; with ``tangents`` (K, m, D) also the JVPs J @ tangent_k (K, m, D)
+        of the first m rows."""
         ttab, sproj = ctx
         n = x.shape[0]
         pre = sproj + ttab[j]
@@ -168,8 +170,7 @@ class ResidualMLPBackbone(nn.Module):
         conds = self._block_conds(pre)
         if tangents is None:
             return self._trunk((x, None), conds)[0], None
-        out, out_t = self._trunk((x, tangents.reshape(-1, x.shape[-1])), conds)
-        return out, out_t.view(tangents.shape)
+        return self._trunk((x, tangents), conds)
 
 
 class InferenceStep(nn.Module):

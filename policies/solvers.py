@@ -22,8 +22,9 @@ SOLVERS = ("euler", "heun", "midpoint")
 
 # field(x, tangents, j) -> (velocity, extra) at half-step index j, where ``extra`` is
 #   None                         (plain sampling; tangents is None),
-#   the divergence (B,)          ("trace" mode; tangents is None, the field owns its probes),
-#   J_v @ tangents (K, B, D)     ("jacobian" mode; tangents are the current columns of dx/dx_start).
+#   the divergence (m,)          ("trace" mode; tangents is None, the field owns its probes),
+#   J_v @ tangents (K, m, D)     ("jacobian" mode; tangents are the current columns of dx/dx_start).
+# Densities may be tracked for the first m <= B rows only.
 Field = Callable[[Tensor, Tensor | None, int], tuple[Tensor, Tensor | None]]
 MODES = ("none", "trace", "jacobian")
 
@@ -70,12 +71,12 @@ def _step(field: Field, x: Tensor, aux: Tensor | None, j: int, h: float, d: int,
 
 
 def integrate(field: Field, x: Tensor, *, steps: int, t0: float, t1: float, solver: str = "euler",
-              reverse: bool = False, mode: str = "none", tangents: Tensor | None = None, inplace: bool = False,
+              reverse: bool = False, mode: str = "none", aux: Tensor | None = None, inplace: bool = False,
               checkpoint: bool = False) -> tuple[Tensor, Tensor | None]:
     """Integrate from t0 to t1 (``reverse=False``) or from t1 back to t0 (``reverse=True``).
 
-    Returns (x at the far end, aux): aux is None, the integral of div v dt ("trace"), or the final tangents
-    ("jacobian", started from ``tangents``). ``inplace`` updates ``x`` in place (only when no gradient is
+    Returns (x at the far end, aux): aux is None, the integral of div v dt ("trace", started from ``aux``,
+    default zeros(B)), or the final tangents ("jacobian", started from ``aux``). ``inplace`` updates ``x`` in place (only when no gradient is
     tracked); ``checkpoint`` recomputes each step in backward, so memory is O(steps * B * D * (1 + K)) plus
     one step's activations instead of every step's activations.
     """
@@ -83,9 +84,12 @@ def integrate(field: Field, x: Tensor, *, steps: int, t0: float, t1: float, solv
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}")
     h = (t1 - t0) / steps
-    aux = tangents if mode == "jacobian" else None
-    if mode == "trace":
+    if mode == "none":
+        aux = None
+    elif mode == "trace" and aux is None:
         aux = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    elif mode == "jacobian" and aux is None:
+        raise ValueError("jacobian mode needs the initial tangents as aux")
     d, h = (-1, -h) if reverse else (1, h)
     for k in range(steps):
         j = 2 * (steps - k) if reverse else 2 * k

@@ -69,3 +69,15 @@ def test_log_prob_fast_tangents_equal_autograd_fallback() -> None:
             a = model.log_prob(x, c, generator=torch.Generator().manual_seed(1), **kw)
             b = slow.log_prob(x, c, generator=torch.Generator().manual_seed(1), **kw)
             assert torch.allclose(a, b), (kind, exact)
+
+
+def test_density_subset_fast_equals_autograd_fallback() -> None:
+    torch.manual_seed(0)
+    model = make_generative_model("vpsde", 2, 3, hidden=[16, 8]).double()
+    slow = GenerativeModel(model.path, _Wrapped(model.backbone), model.prediction, action_dim=2, cond_dim=3)
+    cond, z = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 2, dtype=torch.float64)
+    for exact in (True, False):
+        kw = dict(noise=z, steps=3, solver="midpoint", exact_trace=exact, density_rows=3)
+        a = model.sample_with_log_prob(cond, generator=torch.Generator().manual_seed(1), **kw)
+        b = slow.sample_with_log_prob(cond, generator=torch.Generator().manual_seed(1), **kw)
+        assert torch.allclose(a[0], b[0]) and torch.allclose(a[1], b[1]) and a[1].shape == (3,)
