@@ -4,7 +4,7 @@
 
 Prints, per network size (``ref`` = GenerativeRL's TemporalSpatialResidualNet 512/256/128 = 1.63 M params at
 Hopper dims |S|=11, |A|=3; ``small`` = 128/64/32, 171 k; ``tiny`` = 64/32/16, 77 k):
-  GMPO train step it/s (batch 4096)            target >= 10
+  GMPO train step it/s (batch 4096)            target >= 10  (fp32, and with amp = bf16 autocast)
   IQL critic step it/s (batch 4096, 256x256)    target >= 30
   GMPG iteration s (batch 4096, 10 Euler steps) target <= 1   (exact sampler density or Hutchinson trace;
                                                             KL term on all 4096 rows or on 1024 of them)
@@ -97,6 +97,10 @@ def main() -> None:
         gmpo = make_algorithm("gmpo", model, critic=critic, beta=1.0, clamp=100.0)
         sec = timeit(lambda g=gmpo: g.update(b), args.repeat)
         report("GMPO train step @4096", 1 / sec, "it/s", ">= 10", flops_of(lambda g=gmpo: g.update(b)), sec, peak)
+        gmpo_amp = make_algorithm("gmpo", model, critic=critic, beta=1.0, clamp=100.0, amp=True)
+        sec = timeit(lambda g=gmpo_amp: g.update(b), args.repeat)
+        report("GMPO train step @4096, bf16 autocast", 1 / sec, "it/s", ">= 10",
+               flops_of(lambda g=gmpo_amp: g.update(b)), sec, peak)
 
         for n in (1, 64):
             cond = torch.randn(n, OBS, generator=gen)

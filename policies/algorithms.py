@@ -40,13 +40,18 @@ def frozen(*modules: nn.Module | None) -> Iterator[None]:
 
 
 class Algorithm:
-    """Base: one Adam on the policy, optional grad-norm clipping, ``update`` -> float metrics."""
+    """Base: one Adam on the policy, optional grad-norm clipping, ``update`` -> float metrics.
+
+    ``amp`` (BC/GMPO only): run the policy network's forward under bfloat16 autocast (matmuls in bf16,
+    weights, optimizer and loss reduction in fp32). On CPUs with AVX512-BF16 a bf16 matmul is several times
+    faster than fp32; the matching loss tolerates it. Off by default (the reference trains in fp32)."""
 
     name = ""
 
-    def __init__(self, model: GenerativeModel, *, lr: float = 1e-4, grad_clip: float | None = None):
+    def __init__(self, model: GenerativeModel, *, lr: float = 1e-4, grad_clip: float | None = None,
+                 amp: bool = False):
         self.model = model
-        self.lr, self.grad_clip = float(lr), grad_clip
+        self.lr, self.grad_clip, self.amp = float(lr), grad_clip, bool(amp)
         self._params = [p for p in model.parameters() if p.requires_grad]
         self._opt = make_adam(self._params, self.lr)
 
@@ -55,6 +60,10 @@ class Algorithm:
 
     def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         raise NotImplementedError
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        device = self._params[0].device.type if self._params else "cpu"
+        return torch.autocast(device, dtype=torch.bfloat16, enabled=self.amp)
 
     def update(self, batch: dict[str, Tensor]) -> dict[str, float]:
         loss, stats = self.loss(batch)
@@ -73,7 +82,9 @@ class BC(Algorithm):
     name = "bc"
 
     def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        return self.model.loss(batch["action"], batch["obs"]).mean(), {}
+        with self._autocast():
+            per_sample = self.model.loss(batch["action"], batch["obs"])
+        return per_sample.float().mean(), {}
 
 
 class GMPO(Algorithm):
@@ -82,18 +93,20 @@ class GMPO(Algorithm):
     name = "gmpo"
 
     def __init__(self, model: GenerativeModel, critic: IQLCritic, *, beta: float = 1.0, clamp: float = 100.0,
-                 lr: float = 1e-4, grad_clip: float | None = None):
-        super().__init__(model, lr=lr, grad_clip=grad_clip)
+                 lr: float = 1e-4, grad_clip: float | None = None, amp: bool = False):
+        super().__init__(model, lr=lr, grad_clip=grad_clip, amp=amp)
         if critic is None:
             raise ValueError("gmpo needs a trained critic")
         self.critic, self.beta, self.clamp = critic, float(beta), float(clamp)
 
     def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         obs, act = batch["obs"], batch["action"]
-        with torch.no_grad():
+        with torch.no_grad():  # fp32 always: exp(beta * A) amplifies any rounding of Q - V
             adv = self.critic.q(obs, act) - self.critic.v(obs)
             w = gmpo_weights(adv, torch.zeros_like(adv), self.beta, self.clamp)
-        loss = (w * self.model.loss(act, obs)).mean()
+        with self._autocast():
+            per_sample = self.model.loss(act, obs)
+        loss = (w * per_sample.float()).mean()
         clamped = (self.beta * adv >= math.log(self.clamp)).float().mean()
         return loss, {"weight_mean": w.mean(), "clamped_frac": clamped, "adv_mean": adv.mean()}
 
@@ -131,7 +144,8 @@ class GMPG(Algorithm):
 
     def _use_checkpoint(self, rows: int) -> bool:
         """``checkpoint=None``: recompute steps in backward only when storing every step's activations would
-        exceed ~1 GiB (rough count: two solves x steps x rows x (1 + tangents) x ~6 floats per hidden unit)."""
+        exceed ~1 GiB (rough count: steps x (batch rows + (1 + 2K) density rows) x ~6 floats per hidden
+        unit, K = tangents per row)."""
         if self.checkpoint is not None:
             return bool(self.checkpoint)
         bb = self.model.backbone
@@ -172,8 +186,9 @@ ALGORITHMS = ("bc", "gmpo", "gmpg")
 
 def make_algorithm(name: str, model: GenerativeModel, *, critic: IQLCritic | None = None,
                    behaviour: GenerativeModel | None = None, **hparams: Any) -> Algorithm:
-    """bc(lr, grad_clip) | gmpo(beta, clamp, lr, grad_clip) | gmpg(beta, sample_steps, solver, exact_trace,
-    n_probes, checkpoint, kl_batch, init_from_behaviour, lr, grad_clip)."""
+    """bc(lr, grad_clip, amp) | gmpo(beta, clamp, lr, grad_clip, amp) | gmpg(beta, sample_steps, solver,
+    exact_trace, n_probes, checkpoint, kl_batch, init_from_behaviour, lr, grad_clip). GMPG has no ``amp``:
+    its log-determinants need fp32."""
     if name == "bc":
         return BC(model, **hparams)
     if name == "gmpo":

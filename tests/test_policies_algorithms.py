@@ -173,3 +173,13 @@ def test_gmpg_kl_subbatch_uses_same_trajectory() -> None:
     critic = IQLCritic(3, 2, hidden=(8, 8)).double()
     algo = make_algorithm("gmpg", model, critic=critic, behaviour=mu, sample_steps=3, kl_batch=2)
     assert math.isfinite(algo.update({"obs": cond})["loss"])
+
+
+def test_bf16_autocast_matching_loss_trains() -> None:
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    model = make_generative_model("gvp", 1, 1, hidden=[32, 16], t_cond_hidden=32)
+    algo = make_algorithm("bc", model, lr=3e-3, amp=True)
+    losses = [algo.update(toy_batch(256, gen))["loss"] for _ in range(150)]
+    assert all(math.isfinite(x) for x in losses) and sum(losses[-20:]) < sum(losses[:20])
+    assert all(p.dtype == torch.float32 for p in model.parameters())
