@@ -7,7 +7,8 @@ Hopper dims |S|=11, |A|=3; ``small`` = 128/64/32, 171 k; ``tiny`` = 64/32/16, 77
   GMPO train step it/s (batch 4096)            target >= 10  (fp32, and with amp = bf16 autocast)
   IQL critic step it/s (batch 4096, 256x256)    target >= 30
   GMPG iteration s (batch 4096, 10 Euler steps) target <= 1   (exact sampler density or Hutchinson trace;
-                                                            KL term on all 4096 rows or on 1024 of them)
+                                                            KL term on all 4096 rows or on 1024 of them;
+                                                            fp32 or bf16 autocast)
   sample latency, 31 Euler steps, batch 1 / 64  targets <= 1.5 ms / <= 8 ms (traced solve; eager in brackets)
 and the FLOP rate each training step achieves (counted with torch's FlopCounterMode) as a fraction of a
 dense 1024^3 float32 matmul measured in the same run. Medians of ``--repeat`` timed runs after warm-up.
@@ -115,12 +116,14 @@ def main() -> None:
         if args.skip_gmpg:
             continue
         behaviour = make_generative_model(args.kind, ACT, OBS, hidden=hidden)
-        for exact, kl_batch in ((True, None), (False, None), (True, 1024), (False, 1024)):
+        for exact, kl_batch, amp in ((True, None, False), (False, None, False), (True, 1024, False),
+                                     (False, 1024, False), (True, None, True), (True, 1024, True)):
             gmpg = make_algorithm("gmpg", model, critic=critic, behaviour=behaviour, beta=1.0, sample_steps=10,
-                                  exact_trace=exact, kl_batch=kl_batch)
+                                  exact_trace=exact, kl_batch=kl_batch, amp=amp)
             gmpg.update(batch(256, gen))  # warm-up at a small batch
             sec = timeit(lambda g=gmpg: g.update(b), 1 if net == "ref" else max(1, args.repeat // 2), warmup=0)
-            name = ("exact" if exact else "Hutch.") + (f", KL on {kl_batch}" if kl_batch else "")
+            name = ("exact" if exact else "Hutch.") + (f", KL on {kl_batch}" if kl_batch else "") + (
+                ", bf16" if amp else "")
             report(f"GMPG iter @4096, 10 Euler, {name}", sec, "s", "<= 1 s",
                    flops_of(lambda g=gmpg: g.update(b)) if net != "ref" else None, sec, peak)
     print(f"load average at end: {os.getloadavg()}", flush=True)

@@ -183,3 +183,15 @@ def test_bf16_autocast_matching_loss_trains() -> None:
     losses = [algo.update(toy_batch(256, gen))["loss"] for _ in range(150)]
     assert all(math.isfinite(x) for x in losses) and sum(losses[-20:]) < sum(losses[:20])
     assert all(p.dtype == torch.float32 for p in model.parameters())
+    mu = make_generative_model(**model.config())
+    critic = IQLCritic(1, 1, hidden=(8, 8))
+    gmpg = make_algorithm("gmpg", make_generative_model(**model.config()), critic=critic, behaviour=mu,
+                          sample_steps=4, amp=True, kl_batch=64)
+    assert math.isfinite(gmpg.update(toy_batch(128, gen))["loss"])
+    # the bf16 solve stays close to the fp32 one (fp32 solver state and log-determinants)
+    z, s = torch.randn(256, 1, generator=gen), torch.randn(256, 1, generator=gen)
+    with torch.no_grad():
+        x32, lp32 = mu.sample_with_log_prob(s, noise=z, steps=8)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            x16, lp16 = mu.sample_with_log_prob(s, noise=z, steps=8)
+    assert lp16.dtype == torch.float32 and (lp16 - lp32).abs().max() < 0.05 and (x16 - x32).abs().max() < 0.05
