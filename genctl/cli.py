@@ -268,6 +268,8 @@ COMMANDS = {"train": cmd_train, "eval": cmd_eval, "collect": cmd_collect, "inges
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)  # progress lines appear promptly when piped to a file
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("absl", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
