@@ -78,6 +78,10 @@ def evaluate(run: str | Path, *, episodes: int = 10, envs: int = 1, solver: str 
              max_episode_steps: int | None = None, device: str = "cpu", out: Path | None = None,
              progress: bool = True, policy: LoadedPolicy | None = None) -> dict[str, Any]:
     """Run ``episodes`` closed-loop episodes and write ``eval.json`` into the run folder (or ``out``)."""
+    for name, value, low in (("--episodes", episodes, 1), ("--envs", envs, 1), ("--steps", steps, 1),
+                             ("--candidates", candidates, 0), ("--frame-every", frame_every, 0)):
+        if value is not None and value < low:
+            raise GenctlError(f"{name} must be >= {low}, got {value}")
     policy = policy or LoadedPolicy.from_run(run, device=device)
     if policy.env_info is None:
         raise GenctlError(f"{run}: the training store recorded no env, so there is nothing to evaluate in")

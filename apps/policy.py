@@ -33,24 +33,40 @@ class LoadedPolicy:
     def __init__(self, ck: Checkpoint, *, device: str = "cpu", use_ema: bool = True):
         self.ck, self.meta = ck, ck.meta
         self.device = torch.device(device)
+        self._field = "obs_dim"  # the meta.json field being read, for the error message
+        try:
+            self._build(ck, use_ema)
+        except KeyError as e:
+            raise DataError(f"checkpoint {ck.path / 'meta.json'}: field {e.args[0]!r} is missing") from None
+        except (TypeError, ValueError, AttributeError) as e:
+            raise DataError(f"checkpoint {ck.path / 'meta.json'}: field {self._field!r} is not valid "
+                            f"({type(e).__name__}: {e})") from None
+
+    def _build(self, ck: Checkpoint, use_ema: bool) -> None:
         m = self.meta
         self.obs_dim, self.action_dim = int(m["obs_dim"]), int(m["action_dim"])
+        self._field = "model"
         self.model = make_generative_model(**m["model"]).to(self.device).eval()
         group = "ema" if use_ema and ck.has("ema") else "policy"
         load_module(self.model, ck.group(group), f"checkpoint {ck.path} ({group})")
         self.critic: IQLCritic | None = None
+        self._field = "config"
         if ck.has("critic"):
             c = m["config"]["critic"]
             self.critic = IQLCritic(self.obs_dim, self.action_dim, hidden=tuple(c["hidden"]),
                                     expectile=c["expectile"], gamma=c["gamma"], tau=c["tau"], lr=c["lr"])
             load_module(self.critic, ck.group("critic"), f"checkpoint {ck.path} (critic)")
             self.critic.to(self.device).eval()
+        self._field = "obs_norm"
         self.obs_norm = Normalizer.from_dict(m["obs_norm"])
+        self._field = "action_norm"
         self.act_norm = Normalizer.from_dict(m["action_norm"])
+        self._field = "action_space"
         space = m.get("action_space") or {}
         self.low = np.asarray(space["low"], np.float32) if space.get("low") is not None else None
         self.high = np.asarray(space["high"], np.float32) if space.get("high") is not None else None
         self.env_info: dict[str, Any] | None = m.get("env")
+        self._field = "config"
         ev = m["config"]["eval"]
         self.solver, self.steps = ev["solver"], int(ev["steps"])
 

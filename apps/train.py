@@ -277,12 +277,16 @@ def default_run_name(cfg: TrainConfig) -> str:
     return f"{store}-{cfg.policy.algo}-{cfg.model.kind}-s{cfg.seed}"
 
 
-def prepare_run(cfg: TrainConfig, *, overwrite: bool = False) -> Path:
-    name = cfg.name or default_run_name(cfg)
-    run_dir = Path(cfg.out_dir) / name
+def check_run_dir(run_dir: Path, *, overwrite: bool = False) -> None:
     if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
         raise GenctlError(f"run folder {run_dir} already exists: use --resume {run_dir} to continue it, "
                           "name=<other> for a new run, or --overwrite")
+
+
+def prepare_run(cfg: TrainConfig, *, overwrite: bool = False) -> Path:
+    name = cfg.name or default_run_name(cfg)
+    run_dir = Path(cfg.out_dir) / name
+    check_run_dir(run_dir, overwrite=overwrite)
     if run_dir.exists() and overwrite:
         import shutil
 
@@ -295,8 +299,12 @@ def prepare_run(cfg: TrainConfig, *, overwrite: bool = False) -> Path:
 def train(cfg: TrainConfig, *, overwrite: bool = False, progress: bool = True, stop_after: int | None = None,
           on_eval=None) -> Path:
     """Start a new run folder and train. Returns the run folder."""
-    run_dir = prepare_run(cfg, overwrite=overwrite)
-    Trainer(cfg, run_dir, progress=progress).run(stop_after=stop_after, on_eval=on_eval)
+    run_dir = Path(cfg.out_dir) / (cfg.name or default_run_name(cfg))
+    check_run_dir(run_dir, overwrite=overwrite)
+    # Opening the store and building the data/models validates every input before anything is written.
+    trainer = Trainer(cfg, run_dir, progress=progress)
+    prepare_run(cfg, overwrite=overwrite)
+    trainer.run(stop_after=stop_after, on_eval=on_eval)
     return run_dir
 
 

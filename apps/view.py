@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from genctl.apps.rollout_log import maze_walls
 from genctl.apps.viz import Viewer
 from genctl.datasets import EpisodeStore
-from genctl.errors import GenctlError
+from genctl.errors import DataError, GenctlError
 
 log = logging.getLogger("genctl.view")
 
@@ -70,6 +70,8 @@ def view_store(path: str | Path, *, episodes: str = "0:5", rerun: tuple[str, str
 
     store = EpisodeStore.open(path)
     idx = parse_episodes(episodes, store.n_episodes)
+    for i in idx:  # a damaged store fails here, before the recording file is created
+        _check_episode(store, i)
     viewer = Viewer(rerun, app_id=f"genctl-view-{Path(path).name}", default_file=Path(path).with_suffix(".rrd"))
     env = _replay_env(store) if render else None
     if render and env is None:
@@ -105,6 +107,13 @@ def view_store(path: str | Path, *, episodes: str = "0:5", rerun: tuple[str, str
             env.close()
         viewer.close()
     return viewer.files, viewer.url
+
+
+def _check_episode(store: EpisodeStore, i: int) -> None:
+    """Decode every field of episode ``i`` (unreadable chunks raise DataError) and reject NaN/Inf."""
+    for key, arr in store.episode(i).items():
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise DataError(f"store {store.path}: field 'data/{key}' contains NaN/Inf in episode {i}")
 
 
 def _describe(store: EpisodeStore) -> str:

@@ -66,6 +66,9 @@ def coerce(key: str, arr: np.ndarray, where: str) -> np.ndarray:
     arr = np.asarray(arr)
     kind = key_kind(key)
     k = arr.dtype.kind
+    shape_reason = _ndim_reason(key, arr.ndim)
+    if shape_reason:
+        raise DataError(f"{where}: field {key!r} has shape {arr.shape}, {shape_reason}")
     if kind in ("float32", "float64"):
         if k not in "fiu":
             raise DataError(f"{where}: field {key!r} has dtype {arr.dtype}, expected a real number array")
@@ -92,9 +95,22 @@ def coerce(key: str, arr: np.ndarray, where: str) -> np.ndarray:
     return arr
 
 
+# Per-step shapes fixed by the contract: scalars per step, and (T, A) actions (a 1-D action space is (T, 1)).
+_NDIM = {"reward": 1, "terminated": 1, "truncated": 1, "action": 2}
+
+
+def _ndim_reason(key: str, ndim: int) -> str | None:
+    want = _NDIM.get(key)
+    if want is None or ndim == want:
+        return None
+    return f"expected {'(T,): one value per step' if want == 1 else '(T, A): one action vector per step'}"
+
+
 def expected_dtype_ok(key: str, dtype: np.dtype, ndim: int) -> str | None:
-    """Reason a stored array's dtype is wrong for ``key``, or None when it is fine."""
+    """Reason a stored array's dtype (or number of dimensions) is wrong for ``key``, or None when it is fine."""
     kind = key_kind(key)
+    if _ndim_reason(key, ndim):
+        return f"{ndim} dimension(s), {_ndim_reason(key, ndim)}"
     want = {"float32": np.float32, "float64": np.float64, "bool": np.bool_, "image": np.uint8}.get(kind)
     if want is not None and dtype != want:
         return f"dtype {dtype}, expected {np.dtype(want)}"

@@ -54,6 +54,9 @@ def read_d4rl(src: str | os.PathLike, obs_keys: list[str] | None = None) -> tupl
                             "(the length of 'rewards')")
     if n == 0:
         raise DataError(f"{path}: field 'rewards' is empty")
+    for k in ("rewards", "terminals", "timeouts"):
+        if data[k].ndim != 1:
+            raise DataError(f"{path}: field {k!r} has shape {data[k].shape}, expected ({n},): one value per step")
     obs = data["observations"].reshape(n, -1)
     act = data["actions"].reshape(n, -1)
     if has_next and data["next_observations"].reshape(n, -1).shape != obs.shape:
