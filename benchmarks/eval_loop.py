@@ -1,0 +1,150 @@
+"""Closed-loop speed on Hopper-v5 (not a test): raw env steps/s vs policy-in-the-loop steps/s, in the same run.
+
+    .venv/bin/python benchmarks/eval_loop.py [--threads 1,2] [--steps 31,10] [--env-steps 3000] [--eval-episodes 10]
+
+Goals (issue 7): closed-loop Hopper eval with 1 env >= 500 env steps/s (GenerativeRL: 41-48), and the policy's
+share of the loop <= 50%. The policy is the reference size: ``make_generative_model("gvp", 3, 11)`` with the
+default 512/256/128 residual MLP (1.63 M params); speed does not depend on the weights, so it is untrained.
+
+Per torch thread count it measures
+  raw      Hopper-v5 (genctl.envs.make_env) with uniform random actions, resets included
+  policy   ``LoadedPolicy.act`` alone at batch 1 (the normaliser + traced Euler solve + clip), per call
+  loop     the same env driven by ``LoadedPolicy.act`` for every action (N Euler steps, batch 1), resets included
+  eval     ``genctl.apps.evaluate.evaluate`` itself (what ``genctl eval RUN --envs 1`` reports as loop steps/s)
+and prints steps/s, loop/raw ratio and the policy's share of the loop wall time. The policy is wrapped in a
+real run folder (a 1-step BC run on a tiny generated Hopper store), so ``LoadedPolicy`` and ``evaluate`` are the
+code ``genctl eval`` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+ENV = "Hopper-v5"
+
+
+def make_run(root: Path) -> Path:
+    """A real run folder holding an (almost) untrained reference-size GVP policy for Hopper-v5."""
+    from genctl.apps.collect import collect
+    from genctl.apps.train import train
+    from genctl.config import TrainConfig, build_config
+
+    store = root / "hopper_random.zarr"
+    collect(ENV, expert="random", episodes=4, noise=0.0, random_frac=1.0, workers=1, seed=0, out=store,
+            overwrite=True, progress=False)
+    cfg = build_config(TrainConfig, base={
+        "name": "speed", "out_dir": str(root / "runs"), "threads": 1, "data": {"store": str(store), "val_frac": 0.0},
+        "model": {"kind": "gvp", "hidden": [512, 256, 128]}, "critic": {"steps": 0},
+        "policy": {"algo": "bc", "steps": 1, "batch_size": 16, "ema_decay": None}, "eval": {"steps": 31}})
+    return train(cfg, overwrite=True, progress=False)
+
+
+def raw_rate(n: int, seed: int = 0) -> float:
+    from genctl.envs import make_env
+
+    env = make_env(ENV)
+    rng = np.random.default_rng(seed)
+    lo, hi = env.action_space.low, env.action_space.high
+    env.reset(seed=seed)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        _, _, term, trunc, _ = env.step(rng.uniform(lo, hi).astype(np.float32))
+        if term or trunc:
+            env.reset()
+    dt = time.perf_counter() - t0
+    env.close()
+    return n / dt
+
+
+def policy_rate(policy, steps: int, n: int) -> float:
+    obs = np.random.default_rng(0).standard_normal((1, policy.obs_dim)).astype(np.float32)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        policy.act(obs, steps=steps, generator=gen)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        policy.act(obs, steps=steps, generator=gen)
+    return n / (time.perf_counter() - t0)
+
+
+def loop_rate(policy, steps: int, n: int, seed: int = 0) -> tuple[float, float]:
+    """Closed loop, 1 env, batch 1: (env steps/s, policy share of the wall time)."""
+    from genctl.envs import make_env
+
+    env = make_env(ENV)
+    gen = torch.Generator().manual_seed(seed)
+    obs, _ = env.reset(seed=seed)
+    policy.act(obs[None].astype(np.float32), steps=steps, generator=gen)  # warm-up (trace)
+    t_pol = 0.0
+    t0 = time.perf_counter()
+    for _ in range(n):
+        tp = time.perf_counter()
+        a = policy.act(obs[None].astype(np.float32), steps=steps, generator=gen)[0]
+        t_pol += time.perf_counter() - tp
+        obs, _, term, trunc, _ = env.step(a)
+        if term or trunc:
+            obs, _ = env.reset()
+    wall = time.perf_counter() - t0
+    env.close()
+    return n / wall, t_pol / wall
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", default="1,2", help="torch thread counts, comma-separated")
+    ap.add_argument("--steps", default="31,10", help="Euler steps per action, comma-separated")
+    ap.add_argument("--env-steps", type=int, default=3000, help="env steps per measurement")
+    ap.add_argument("--eval-episodes", type=int, default=10, help="episodes for the genctl evaluate() line (0 = skip)")
+    ap.add_argument("--json", help="also write the results here")
+    args = ap.parse_args()
+
+    from genctl.apps.evaluate import evaluate
+    from genctl.apps.policy import LoadedPolicy
+    from genctl.policies import count_parameters
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="genctl-evalloop-") as tmp:
+        run = make_run(Path(tmp))
+        policy = LoadedPolicy.from_run(run)
+        print(f"policy: {policy.meta['model']['kind']} hidden {policy.meta['model']['hidden']}, "
+              f"{count_parameters(policy.model) / 1e6:.2f} M params; env {ENV}; {args.env_steps} env steps per line")
+        for th in [int(x) for x in args.threads.split(",")]:
+            torch.set_num_threads(th)
+            raw = raw_rate(args.env_steps)
+            for st in [int(x) for x in args.steps.split(",")]:
+                pol = policy_rate(policy, st, min(args.env_steps, 1000))
+                loop, share = loop_rate(policy, st, args.env_steps)
+                ev = None
+                if args.eval_episodes:
+                    with tempfile.TemporaryDirectory() as t2:
+                        rep = evaluate(run, episodes=args.eval_episodes, envs=1, steps=st, progress=False,
+                                       out=Path(t2) / "eval.json", policy=policy)
+                    ev = rep["control_rate_hz"]
+                rows.append({"threads": th, "euler_steps": st, "raw_steps_s": raw, "policy_calls_s": pol,
+                             "policy_ms": 1e3 / pol, "loop_steps_s": loop, "loop_over_raw": loop / raw,
+                             "policy_share": share, "evaluate_steps_s": ev})
+    print()
+    print("| torch threads | Euler steps | raw env steps/s | policy call ms (batch 1) | closed-loop steps/s | "
+          "loop / raw | policy share of loop | `evaluate()` steps/s |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        ev = f"{r['evaluate_steps_s']:.0f}" if r["evaluate_steps_s"] else "-"
+        print(f"| {r['threads']} | {r['euler_steps']} | {r['raw_steps_s']:.0f} | {r['policy_ms']:.2f} | "
+              f"{r['loop_steps_s']:.0f} | {r['loop_over_raw']:.2f} | {100 * r['policy_share']:.0f}% | {ev} |")
+    print("\ngoal: closed-loop >= 500 steps/s with 1 env (GenerativeRL 41-48); policy share <= 50%")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()

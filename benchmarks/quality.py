@@ -1,0 +1,186 @@
+"""Quality protocol (not a test): BC vs GMPO vs GMPG over seeds, through the real pipeline.
+
+    # PointMaze: collect noisy scripted-expert demos, then train + eval every algo x seed
+    .venv/bin/python benchmarks/quality.py --env PointMaze_UMaze-v3 --noise 0.5 --random-frac 0.3 \
+        --episodes 300 --out outputs/quality/umaze --seeds 0,1,2 --eval-episodes 30 --eval-envs 4
+    # Hopper: ingest the D4RL-format file, report D4RL-normalised scores
+    .venv/bin/python benchmarks/quality.py --ingest /work/shared/data/hopper_v5_mixed.hdf5 \
+        --out outputs/quality/hopper --seeds 0,1,2 --eval-episodes 10 --set data.reward_scale=return_range
+
+Every stage is the ``genctl`` CLI in a subprocess (``genctl collect`` / ``genctl ingest``, ``genctl train``,
+``genctl eval``), at most ``--parallel`` runs at once, each with ``threads=1``. Common training overrides come
+from ``--set key=value`` (all algos) and ``--bc/--gmpo/--gmpg key=value`` (one algo), on top of the defaults
+below. A run whose ``eval.json`` already exists is not redone (``--force`` redoes it), so an interrupted
+protocol can be restarted. Prints a markdown table (mean ± std over seeds of each run's success rate, or of its
+mean D4RL-normalised score, ``--metric``; plus per-seed values) and writes ``OUT/results.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+GENCTL = [sys.executable, "-m", "genctl", "--quiet"]
+
+# Small-CPU defaults (2 shared cores); every one can be overridden with --set / --bc / --gmpo / --gmpg.
+COMMON = ["threads=1", "model.kind=gvp", "model.hidden=[256,256,128]", "critic.steps=1500",
+          "critic.batch_size=1024", "policy.batch_size=512", "policy.steps=2000", "policy.lr=3e-4",
+          "eval.steps=16", "log_every=100", "ckpt_every=1000"]
+PER_ALGO = {
+    "bc": ["policy.algo=bc", "critic.steps=0"],
+    "gmpo": ["policy.algo=gmpo", "policy.beta=30", "policy.clamp=100"],
+    "gmpg": ["policy.algo=gmpg", "policy.beta=100", "policy.lr=5e-5", "policy.steps=200", "policy.batch_size=256",
+             "policy.behaviour_steps=2000", "policy.behaviour_lr=3e-4", "policy.sample_steps=10"],
+}
+
+
+def sh(cmd: list[str], log: Path) -> None:
+    line = " ".join(shlex.quote(c) for c in cmd)
+    with open(log, "a") as f:
+        f.write(f"$ {line}\n")
+        f.flush()
+        rc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT).returncode
+    if rc != 0:
+        raise RuntimeError(f"command failed (rc {rc}, log {log}): {line}")
+
+
+def make_store(args: argparse.Namespace, out: Path) -> Path:
+    if args.store:
+        return Path(args.store)
+    store = out / "data.zarr"
+    if store.exists() and not args.force_data:
+        return store
+    out.mkdir(parents=True, exist_ok=True)
+    if args.ingest:
+        cmd = [*GENCTL, "ingest", args.ingest, "-o", str(store), "--overwrite"]
+    else:
+        cmd = [*GENCTL, "collect", args.env, "--expert", args.expert, "--episodes", str(args.episodes),
+               "--noise", str(args.noise), "--random-frac", str(args.random_frac), "--workers", str(args.parallel),
+               "--seed", str(args.data_seed), "-o", str(store), "--overwrite"]
+    sh(cmd, out / "data.log")
+    return store
+
+
+def one_run(algo: str, seed: int, store: Path, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    name = f"{algo}-s{seed}"
+    run = out / "runs" / name
+    log = out / "logs" / f"{name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    ev_path = run / "eval.json"
+    t0 = time.time()
+    if args.force or not ev_path.exists():
+        over = [*COMMON, *PER_ALGO[algo], *args.set, *getattr(args, algo), f"data.store={store}",
+                f"out_dir={out / 'runs'}", f"name={name}", f"seed={seed}"]
+        sh([*GENCTL, "train", *over, "--overwrite"], log)
+        sh([*GENCTL, "eval", str(run), "--episodes", str(args.eval_episodes), "--envs", str(args.eval_envs)], log)
+    ev = json.loads(ev_path.read_text())
+    r = {"algo": algo, "seed": seed, "run": str(run), "success_rate": ev["success_rate"],
+         "return": ev["return"]["mean"], "episodes": ev["return"]["n"], "wall_s": time.time() - t0}
+    if "normalized_score" in ev:
+        r["normalized_score"] = ev["normalized_score"]["mean"]
+    print(f"  done {name}: success {r['success_rate']:.3f}  return {r['return']:.2f}"
+          + (f"  normalised {r['normalized_score']:.1f}" if "normalized_score" in r else "")
+          + f"  ({r['wall_s']:.0f} s)", flush=True)
+    return r
+
+
+def mean_std(xs: list[float]) -> tuple[float, float]:
+    n = len(xs)
+    m = sum(xs) / n if n else math.nan
+    s = math.sqrt(sum((x - m) ** 2 for x in xs) / (n - 1)) if n > 1 else 0.0
+    return m, s
+
+
+def table(results: list[dict[str, Any]], algos: list[str], seeds: list[int], metric: str) -> str:
+    scale = 1.0 if metric == "normalized_score" else 100.0
+    head = "D4RL-normalised score" if metric == "normalized_score" else "success rate (%)"
+    lines = [f"| algo | {head}, mean ± std over seeds | return, mean over seeds | "
+             + " | ".join(f"seed {s}" for s in seeds) + " |",
+             "|---|---:|---:|" + "---:|" * len(seeds)]
+    for a in algos:
+        rs = {r["seed"]: r for r in results if r["algo"] == a}
+        vals = [scale * rs[s][metric] for s in seeds if s in rs]
+        if not vals:
+            continue
+        m, sd = mean_std(vals)
+        rm, _ = mean_std([rs[s]["return"] for s in seeds if s in rs])
+        cells = [f"{scale * rs[s][metric]:.1f}" if s in rs else "-" for s in seeds]
+        lines.append(f"| {a} | {m:.1f} ± {sd:.1f} | {rm:.2f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--env", default="PointMaze_UMaze-v3", help="env for genctl collect")
+    ap.add_argument("--expert", default="maze")
+    ap.add_argument("--episodes", type=int, default=300, help="demo episodes to collect")
+    ap.add_argument("--noise", type=float, default=0.5)
+    ap.add_argument("--random-frac", type=float, default=0.3)
+    ap.add_argument("--data-seed", type=int, default=0)
+    ap.add_argument("--ingest", help="ingest this file/dataset instead of collecting (e.g. a D4RL-format HDF5)")
+    ap.add_argument("--store", help="use this existing zarr store (no collect/ingest)")
+    ap.add_argument("--force-data", action="store_true", help="re-collect/re-ingest even if OUT/data.zarr exists")
+    ap.add_argument("--out", required=True, help="output folder (store, runs/, logs/, results.json)")
+    ap.add_argument("--algos", default="bc,gmpo,gmpg")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--steps", type=int, help="policy.steps for bc and gmpo (shortcut for --bc/--gmpo)")
+    ap.add_argument("--parallel", type=int, default=2, help="trainings at once (each threads=1)")
+    ap.add_argument("--eval-episodes", type=int, default=30)
+    ap.add_argument("--eval-envs", type=int, default=4)
+    ap.add_argument("--set", nargs="*", default=[], metavar="K=V", help="overrides for every algo")
+    for a in PER_ALGO:
+        ap.add_argument(f"--{a}", nargs="*", default=[], metavar="K=V", help=f"overrides for {a} only")
+    ap.add_argument("--metric", choices=["auto", "success_rate", "normalized_score"], default="auto",
+                    help="table metric; auto = normalized_score with --ingest (D4RL data), else success_rate")
+    ap.add_argument("--force", action="store_true", help="redo runs that already have eval.json")
+    args = ap.parse_args()
+    if args.steps:
+        args.bc = [f"policy.steps={args.steps}", *args.bc]
+        args.gmpo = [f"policy.steps={args.steps}", *args.gmpo]
+
+    out = Path(args.out)
+    algos = [a.strip() for a in args.algos.split(",") if a.strip()]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    t0 = time.time()
+    store = make_store(args, out)
+    print(f"store {store}; {len(algos)} algos x {len(seeds)} seeds, {args.parallel} at once", flush=True)
+    jobs = [(a, s) for s in seeds for a in algos]
+    results: list[dict[str, Any]] = []
+    errors: list[str] = []
+    with ThreadPoolExecutor(max_workers=args.parallel) as pool:
+        futs = {pool.submit(one_run, a, s, store, args, out): (a, s) for a, s in jobs}
+        for f, (a, s) in futs.items():
+            try:
+                results.append(f.result())
+            except Exception as e:  # keep the other runs; report the failure
+                errors.append(f"{a}-s{s}: {e}")
+                print(f"  FAILED {a}-s{s}: {e}", flush=True)
+    metric = args.metric
+    if metric == "auto":
+        metric = "normalized_score" if args.ingest else "success_rate"
+    md = table(results, algos, seeds, metric)
+    print()
+    print(md)
+    if errors:
+        print("\nfailed runs:\n  " + "\n  ".join(errors))
+    print(f"\ntotal wall {time.time() - t0:.0f} s")
+    summary = {"command": " ".join(shlex.quote(c) for c in sys.argv), "store": str(store), "metric": metric,
+               "common_overrides": COMMON + args.set,
+               "per_algo_overrides": {a: PER_ALGO[a] + getattr(args, a) for a in algos},
+               "eval_episodes": args.eval_episodes, "eval_envs": args.eval_envs, "results": results,
+               "table": md, "errors": errors, "wall_s": time.time() - t0}
+    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    print(f"wrote {out / 'results.json'}")
+
+
+if __name__ == "__main__":
+    main()
