@@ -117,7 +117,7 @@ class GenerativeModel(nn.Module):
                 tin = probes if probes is not None else tang
                 out, out_t = bb.evaluate(x, ctx, j, tin)
                 if noise:
-                    if torch.is_grad_enabled():
+                    if torch.is_grad_enabled() or out.dtype != x.dtype:  # (autocast: keep fp32 state)
                         out = A[j] * x + B[j] * out
                     else:
                         out = out.mul_(B[j]).add_(x, alpha=A[j])
