@@ -21,6 +21,7 @@ No pickle anywhere: tensors go to safetensors, everything else to JSON.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -31,7 +32,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from genctl.errors import DataError
-from genctl.fsutil import atomic_dir, atomic_write_text, cleanup_stale
+from genctl.fsutil import TMP_MARK, atomic_dir, atomic_write_text, cleanup_stale, temp_sibling
 
 CKPT_RE = re.compile(r"^step-(\d{9})$")
 
@@ -73,7 +74,8 @@ def save_checkpoint(run_dir: Path, step: int, groups: dict[str, dict[str, torch.
     ckdir = checkpoint_dir(run_dir)
     ckdir.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:09d}"
-    cleanup_stale(ckdir, name)
+    for stale in {p.name[1:].split(TMP_MARK)[0] for p in ckdir.glob(f".step-*{TMP_MARK}*")} | {name, "LATEST"}:
+        cleanup_stale(ckdir, stale)  # leftovers of writes or deletions a killed process did not finish
     opt_tensors: dict[str, torch.Tensor] = {}
     opt_meta: dict[str, Any] = {}
     for oname, opt in optimizers.items():
@@ -90,8 +92,19 @@ def save_checkpoint(run_dir: Path, step: int, groups: dict[str, dict[str, torch.
         (tmp / "meta.json").write_text(json.dumps(full_meta, indent=1))
     atomic_write_text(ckdir / "LATEST", name + "\n")
     for old in list_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        remove_dir(old)
     return ckdir / name
+
+
+def remove_dir(path: Path) -> None:
+    """Delete a checkpoint folder without ever showing a half-deleted one: rename it to a hidden temp name
+    first (atomic), then delete; a kill mid-delete leaves only a hidden leftover, swept on the next save."""
+    hidden = temp_sibling(path)
+    try:
+        os.replace(path, hidden)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(hidden, ignore_errors=True)
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
