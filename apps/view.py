@@ -72,8 +72,8 @@ def view_store(path: str | Path, *, episodes: str = "0:5", rerun: tuple[str, str
     idx = parse_episodes(episodes, store.n_episodes)
     for i in idx:  # a damaged store fails here, before the recording file is created
         _check_episode(store, i)
+    env = _replay_env(store) if render else None  # a bad env description fails before anything is written
     viewer = Viewer(rerun, app_id=f"genctl-view-{Path(path).name}", default_file=Path(path).with_suffix(".rrd"))
-    env = _replay_env(store) if render else None
     if render and env is None:
         log.warning("--render: %s holds no env or simulator state (state/qpos); showing stored data only", path)
     try:

@@ -54,6 +54,9 @@ class EpisodeStore:
             attrs = dict(root.attrs)
         except Exception as e:  # any zarr/json failure: not a readable store
             raise DataError(f"store {path}: not a readable zarr group ({type(e).__name__}: {e})") from None
+        zarr_format = getattr(root.metadata, "zarr_format", None)
+        if zarr_format != 3:  # v2 decodes through arbitrary numcodecs filters (pickle among them): refuse
+            raise DataError(f"store {path}: zarr format {zarr_format}, expected 3 (genctl stores are zarr v3)")
         version = attrs.get("format_version")
         if version != FORMAT_VERSION:
             raise DataError(f"store {path}: attribute 'format_version' is {version!r}, expected {FORMAT_VERSION} "
@@ -62,7 +65,8 @@ class EpisodeStore:
             data, ends_arr = root["data"], root["meta/episode_ends"]
             arrays = {name: a for name, a in data.members(max_depth=None) if isinstance(a, zarr.Array)}
         except Exception as e:
-            raise DataError(f"store {path}: missing group or field ({e})") from None
+            raise DataError(f"store {path}: missing group or field, or an unsupported array/codec "
+                            f"({type(e).__name__}: {e})") from None
         if ends_arr.dtype != np.int64 or ends_arr.ndim != 1:
             raise DataError(f"store {path}: field 'meta/episode_ends' has dtype {ends_arr.dtype}, expected int64 1-D")
         store = cls(path, root, arrays, np.empty(0, np.int64))
