@@ -7,6 +7,7 @@ ends only that episode, with the reason recorded.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -27,8 +28,16 @@ from genctl.fsutil import atomic_write_json
 
 log = logging.getLogger("genctl.eval")
 
-# mjtWarning indices that mean the simulation blew up (mjWARN_BADQPOS, BADQVEL, BADQACC).
-_BAD_WARNINGS = {5: "bad_qpos", 6: "bad_qvel", 7: "bad_qacc"}
+# mjtWarning members that mean the simulation blew up. Their indices come from mujoco itself: they differ
+# between versions (3.11: BADQPOS=3, BADQVEL=4, BADQACC=5), and a wrong index silently disabled detection.
+_BAD_WARNING_NAMES = {"mjWARN_BADQPOS": "bad_qpos", "mjWARN_BADQVEL": "bad_qvel", "mjWARN_BADQACC": "bad_qacc"}
+
+
+@functools.cache
+def _bad_warnings() -> dict[int, str]:
+    import mujoco
+
+    return {int(getattr(mujoco.mjtWarning, k)): v for k, v in _BAD_WARNING_NAMES.items()}
 
 
 @dataclass
@@ -53,7 +62,7 @@ def _warning_counts(env: Any) -> dict[int, int]:
     if data is None or not hasattr(data, "warning"):
         return {}
     try:
-        return {i: int(data.warning[i].number) for i in _BAD_WARNINGS}
+        return {i: int(data.warning[i].number) for i in _bad_warnings()}
     except Exception:
         return {}
 
@@ -148,7 +157,7 @@ def evaluate(run: str | Path, *, episodes: int = 10, envs: int = 1, solver: str 
                 ep.final_success = succ
                 if not ep.end:
                     w = _warning_counts(env)
-                    bad = [name for idx, name in _BAD_WARNINGS.items() if w.get(idx, 0) > warn0[i].get(idx, 0)]
+                    bad = [name for idx, name in _bad_warnings().items() if w.get(idx, 0) > warn0[i].get(idx, 0)]
                     if not np.all(np.isfinite(nobs)) or not math.isfinite(r):
                         ep.end = "nan_state"
                     elif bad:
