@@ -65,7 +65,8 @@ def run(tmp_path_factory):
 
 
 @pytest.mark.parametrize("envs", [1, 2])
-def test_diverging_episodes_end_with_reason_others_complete(run, monkeypatch, capsys, envs):
+def test_diverging_episodes_end_with_reason_others_complete(run, monkeypatch, capsys, envs, tmp_path):
+    monkeypatch.chdir(tmp_path)  # MuJoCo appends its warnings to ./MUJOCO_LOG.TXT
     real = evaluate_mod.make_env_from_info
     monkeypatch.setattr(evaluate_mod, "make_env_from_info", lambda info, **kw: FaultInjector(real(info, **kw)))
     out = run / f"eval-{envs}.json"
