@@ -10,7 +10,8 @@ Per torch thread count it measures
   raw      Hopper-v5 (genctl.envs.make_env) with uniform random actions, resets included
   policy   ``LoadedPolicy.act`` alone at batch 1 (the normaliser + traced Euler solve + clip), per call
   loop     the same env driven by ``LoadedPolicy.act`` for every action (N Euler steps, batch 1), resets included
-  eval     ``genctl.apps.evaluate.evaluate`` itself (what ``genctl eval RUN --envs 1`` reports as loop steps/s)
+  eval     ``genctl.apps.evaluate.evaluate`` itself (what ``genctl eval RUN --envs 1`` reports as loop steps/s),
+           and with ``--vec-envs`` envs stepped side by side (one batched policy call per control step)
 and prints steps/s, loop/raw ratio and the policy's share of the loop wall time. The policy is wrapped in a
 real run folder (a 1-step BC run on a tiny generated Hopper store), so ``LoadedPolicy`` and ``evaluate`` are the
 code ``genctl eval`` runs.
@@ -105,6 +106,8 @@ def main() -> None:
     ap.add_argument("--steps", default="31,10", help="Euler steps per action, comma-separated")
     ap.add_argument("--env-steps", type=int, default=3000, help="env steps per measurement")
     ap.add_argument("--eval-episodes", type=int, default=10, help="episodes for the genctl evaluate() line (0 = skip)")
+    ap.add_argument("--vec-envs", type=int, default=8,
+                    help="also time evaluate() with this many envs in one batched policy call (1 = skip)")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
 
@@ -124,23 +127,29 @@ def main() -> None:
             for st in [int(x) for x in args.steps.split(",")]:
                 pol = policy_rate(policy, st, min(args.env_steps, 1000))
                 loop, share = loop_rate(policy, st, args.env_steps)
-                ev = None
+                ev = evk = None
                 if args.eval_episodes:
                     with tempfile.TemporaryDirectory() as t2:
                         rep = evaluate(run, episodes=args.eval_episodes, envs=1, steps=st, progress=False,
                                        out=Path(t2) / "eval.json", policy=policy)
-                    ev = rep["control_rate_hz"]
+                        ev = rep["control_rate_hz"]
+                        if args.vec_envs > 1:
+                            rep = evaluate(run, episodes=max(args.eval_episodes, 2 * args.vec_envs),
+                                           envs=args.vec_envs, steps=st, progress=False,
+                                           out=Path(t2) / "eval.json", policy=policy)
+                            evk = rep["control_rate_hz"]
                 rows.append({"threads": th, "euler_steps": st, "raw_steps_s": raw, "policy_calls_s": pol,
                              "policy_ms": 1e3 / pol, "loop_steps_s": loop, "loop_over_raw": loop / raw,
-                             "policy_share": share, "evaluate_steps_s": ev})
+                             "policy_share": share, "evaluate_steps_s": ev, "evaluate_vec_steps_s": evk})
     print()
     print("| torch threads | Euler steps | raw env steps/s | policy call ms (batch 1) | closed-loop steps/s | "
-          "loop / raw | policy share of loop | `evaluate()` steps/s |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+          f"loop / raw | policy share of loop | `evaluate()` steps/s, 1 env | `evaluate()` steps/s, {args.vec_envs} envs |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         ev = f"{r['evaluate_steps_s']:.0f}" if r["evaluate_steps_s"] else "-"
+        evk = f"{r['evaluate_vec_steps_s']:.0f}" if r["evaluate_vec_steps_s"] else "-"
         print(f"| {r['threads']} | {r['euler_steps']} | {r['raw_steps_s']:.0f} | {r['policy_ms']:.2f} | "
-              f"{r['loop_steps_s']:.0f} | {r['loop_over_raw']:.2f} | {100 * r['policy_share']:.0f}% | {ev} |")
+              f"{r['loop_steps_s']:.0f} | {r['loop_over_raw']:.2f} | {100 * r['policy_share']:.0f}% | {ev} | {evk} |")
     print("\ngoal: closed-loop >= 500 steps/s with 1 env (GenerativeRL 41-48); policy share <= 50%")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
