@@ -28,6 +28,13 @@ from .solvers import Field, check_solver, half_step_times, integrate
 
 PREDICTIONS = ("velocity", "noise")
 
+# torch.jit.trace registers every traced graph in TorchScript's process-wide compilation unit, which is never
+# freed (~1 MB per unrolled solver step, e.g. ~36 MB for a 32-step solve). A long-lived process that builds many
+# models (evaluation during training, soak runs, notebooks) would grow without bound, so tracing stops once
+# this many solver steps have been traced in the process; later solves run eagerly (same results, slower).
+MAX_TRACED_STEPS_PER_PROCESS = 256
+_traced_steps = 0
+
 
 class _Grid:
     """Everything time-dependent for one (steps, device, dtype): computed once, then only indexed."""
@@ -257,6 +264,11 @@ class GenerativeModel(nn.Module):
         key = (steps, solver, w.device, w.dtype, w.data_ptr())
         fn = self._traced.get(key)
         if fn is None:
+            global _traced_steps
+            if _traced_steps + steps > MAX_TRACED_STEPS_PER_PROCESS:
+                self.trace_sampler = False
+                return None
+            _traced_steps += steps
             try:
                 with torch.inference_mode(False), torch.no_grad():
                     fn = torch.jit.trace(_TracedSolve(self, grid, solver, steps),
