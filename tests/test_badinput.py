@@ -562,3 +562,23 @@ def test_single_step_episodes_are_valid_input(tmp_path, capsys):
     rc, out, err = run_cli(capsys, ["train", f"data.store={tmp_path / 'one.zarr'}", f"out_dir={tmp_path}",
                                     "name=one", *TINY, "critic.steps=2", "policy.steps=2"])
     assert rc == 0, err
+
+
+@pytest.mark.parametrize("case", [train_store_truncated_chunk, eval_corrupt_weights, ingest_not_hdf5],
+                         ids=lambda c: c.__name__)
+def test_real_process_stderr_is_one_line(case, tmp_path, shared):
+    """The same through ``python -m genctl`` in a fresh process: stderr is exactly the one error line."""
+    import os
+    import subprocess
+    import sys
+
+    argv, needles = case(tmp_path, shared)
+    before = snapshot(tmp_path)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "genctl", "--quiet", *argv], capture_output=True, text=True,
+                       env=env, timeout=120)
+    assert r.returncode == 2, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert all(n in lines[0] for n in needles), r.stderr
+    assert snapshot(tmp_path) == before
