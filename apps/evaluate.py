@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from genctl.apps.distributed import gather, init_distributed
 from genctl.apps.policy import LoadedPolicy
 from genctl.apps.rollout_log import RolloutLogger
 from genctl.apps.viz import Viewer
@@ -86,11 +87,18 @@ def evaluate(run: str | Path, *, episodes: int = 10, envs: int = 1, solver: str 
              rerun_episodes: int | None = None, candidates: int = 64, frame_every: int = 1,
              max_episode_steps: int | None = None, device: str = "cpu", out: Path | None = None,
              progress: bool = True, policy: LoadedPolicy | None = None) -> dict[str, Any]:
-    """Run ``episodes`` closed-loop episodes and write ``eval.json`` into the run folder (or ``out``)."""
+    """Run ``episodes`` closed-loop episodes and write ``eval.json`` into the run folder (or ``out``).
+
+    Under torchrun the episodes are spread over the processes (episode i on rank i mod N, same seeds as a
+    single process); rank 0 gathers them, records rerun and writes the report.
+    """
     for name, value, low in (("--episodes", episodes, 1), ("--envs", envs, 1), ("--steps", steps, 1),
                              ("--candidates", candidates, 0), ("--frame-every", frame_every, 0)):
         if value is not None and value < low:
             raise GenctlError(f"{name} must be >= {low}, got {value}")
+    dinfo = init_distributed("cpu" if device == "cpu" else "auto")
+    if dinfo.enabled and device.startswith("cuda"):
+        device = f"cuda:{dinfo.local_rank}"
     policy = policy or LoadedPolicy.from_run(run, device=device)
     if policy.env_info is None:
         raise GenctlError(f"{run}: the training store recorded no env, so there is nothing to evaluate in")
@@ -99,9 +107,11 @@ def evaluate(run: str | Path, *, episodes: int = 10, envs: int = 1, solver: str 
     run_dir = Path(run) if (Path(run) / "config.yaml").exists() else policy.ck.path.parent.parent
     out = Path(out) if out else run_dir / "eval.json"
     overrides = {"max_episode_steps": max_episode_steps} if max_episode_steps else {}
-    viewer = Viewer(rerun, app_id=f"genctl-eval-{run_dir.name}", default_file=run_dir / "rollouts.rrd")
+    viewer = Viewer(rerun if dinfo.is_main else None, app_id=f"genctl-eval-{run_dir.name}",
+                    default_file=run_dir / "rollouts.rrd")
     record = viewer.enabled
-    k = max(1, min(envs, episodes))
+    mine = [i for i in range(episodes) if i % dinfo.world == dinfo.rank]
+    k = max(1, min(envs, len(mine)))
     render = record and frame_every > 0
     env_list = [make_env_from_info(policy.env_info, render_mode="rgb_array" if render else None, **overrides)
                 for _ in range(k)]
@@ -111,27 +121,28 @@ def evaluate(run: str | Path, *, episodes: int = 10, envs: int = 1, solver: str 
     logger = RolloutLogger(viewer, first, policy, candidates=candidates, frame_every=frame_every) if record else None
     n_record = episodes if rerun_episodes is None else rerun_episodes
     seeds = eval_seeds(episodes, start=seed_start)
+    queue = list(mine)
     gen = torch.Generator(device=policy.device).manual_seed(seed_start)
     results: list[Episode] = []
     slots: list[Episode | None] = [None] * k
     obs = [None] * k
     warn0: list[dict[int, int]] = [{} for _ in range(k)]
-    next_ep, latencies, t_start, env_steps = 0, [], time.perf_counter(), 0
-    bar = tqdm(total=episodes, desc="eval", disable=None if progress else True, mininterval=0.5, dynamic_ncols=True)
+    latencies, t_start, env_steps = [], time.perf_counter(), 0
+    bar = tqdm(total=len(mine), desc="eval", disable=None if progress and dinfo.is_main else True, mininterval=0.5,
+               dynamic_ncols=True)
 
     def start(i: int) -> None:
-        nonlocal next_ep
-        ep = Episode(next_ep, seeds[next_ep])
+        idx = queue.pop(0)
+        ep = Episode(idx, seeds[idx])
         obs[i], info = env_list[i].reset(seed=ep.seed)
         warn0[i] = _warning_counts(env_list[i])
         slots[i] = ep
         if logger and ep.index < n_record:
             logger.start_episode(ep.index, ep.seed, env_list[i], obs[i])
-        next_ep += 1
 
     policy.act(np.zeros((k, policy.obs_dim), np.float32), solver=solver, steps=steps)  # warm-up, not timed
     try:
-        for i in range(k):
+        for i in range(min(k, len(queue))):
             start(i)
         while any(s is not None for s in slots):
             live = [i for i in range(k) if slots[i] is not None]
@@ -172,7 +183,7 @@ def evaluate(run: str | Path, *, episodes: int = 10, envs: int = 1, solver: str 
                     results.append(ep)
                     bar.update(1)
                     slots[i] = None
-                    if next_ep < episodes:
+                    if queue:
                         start(i)
     finally:
         bar.close()
@@ -180,7 +191,16 @@ def evaluate(run: str | Path, *, episodes: int = 10, envs: int = 1, solver: str 
             env.close()
         viewer.close()
     wall = time.perf_counter() - t_start
+    if dinfo.enabled:  # rank 0 reports every process's episodes
+        parts = gather((results, latencies, env_steps, wall), dinfo)
+        if not dinfo.is_main:
+            return {"rank": dinfo.rank, "episodes": len(results)}
+        results = [e for p in parts for e in p[0]]
+        latencies = [x for p in parts for x in p[1]]
+        env_steps = sum(p[2] for p in parts)
+        wall = max(p[3] for p in parts)  # processes ran concurrently: aggregate rate = all steps / wall
     report = build_report(results, policy, latencies, env_steps, wall, solver=solver, steps=steps, k=k)
+    report["processes"] = dinfo.world
     if viewer.files:
         report["rerun_files"] = [str(p) for p in viewer.files]
     if viewer.url:

@@ -18,6 +18,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from genctl.apps.distributed import (
+    DistInfo,
+    any_rank,
+    barrier,
+    broadcast_modules,
+    gather,
+    init_distributed,
+    replica_divergence,
+    sync_gradients,
+)
 from genctl.config import TrainConfig, build_config, dump_yaml
 from genctl.datasets import EpisodeStore, Normalizer, episode_split, load_transitions
 from genctl.errors import ConfigError, DataError, GenctlError
@@ -32,12 +42,12 @@ log = logging.getLogger("genctl.train")
 STAGES = ("critic", "behaviour", "policy")
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device=cuda was asked for but torch sees no CUDA device")
-    return torch.device(name)
+    return torch.device("cuda", local_rank) if name == "cuda" else torch.device(name)
 
 
 def stage_plan(cfg: TrainConfig) -> list[tuple[str, int]]:
@@ -73,9 +83,10 @@ def reward_scale(cfg: TrainConfig, store: EpisodeStore) -> float:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, run_dir: Path, *, progress: bool = True):
-        self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
-        self.device = pick_device(cfg.device)
+    def __init__(self, cfg: TrainConfig, run_dir: Path, *, progress: bool = True, dist: DistInfo | None = None):
+        self.dist = dist or DistInfo()
+        self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress and self.dist.is_main
+        self.device = pick_device(cfg.device, self.dist.local_rank)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.amp = cfg.amp if cfg.amp is not None else self.device.type == "cuda"
@@ -85,6 +96,11 @@ class Trainer:
         self.store = EpisodeStore.open(cfg.data.store)
         self._build_data()
         self._build_models()
+        if self.dist.enabled:
+            broadcast_modules([self.policy, self.critic, self.behaviour])
+            if self.ema is not None:
+                self.ema.module.load_state_dict(self.policy.state_dict())
+            self._hooks = sync_gradients(self.optimizers(), self.dist.world)
         self.stage_idx, self.stage_step, self.global_step = 0, 0, 0
 
     # ---------------------------------------------------------------- setup
@@ -113,7 +129,7 @@ class Trainer:
                 raise DataError(f"store {store.path}: field {k!r} has NaN/Inf after normalisation")
         tensors = {k: torch.as_tensor(np.ascontiguousarray(v, dtype=np.float32)).to(self.device)
                    for k, v in arrays.items()}
-        gen = torch.Generator().manual_seed(cfg.seed + 1)
+        gen = torch.Generator().manual_seed(cfg.seed + 1 + 7919 * self.dist.rank)  # one data stream per rank
         self.data = Data(tensors, len(arrays["action"]), gen)
         self.obs_dim = arrays["obs"].shape[1]
         self.action_dim = arrays["action"].shape[1]
@@ -170,10 +186,17 @@ class Trainer:
             "ref_max_score": self.store.attrs.get("ref_max_score"),
             "store": str(Path(self.cfg.data.store).resolve()), "val_episodes": self.val_episodes,
             "rng": rng_state(), "data_rng": self.data.generator.get_state().tolist(),
+            "world_size": self.dist.world,
             "time": time.time(),
         }
 
-    def save(self) -> Path:
+    def save(self) -> Path | None:
+        """Checkpoint (rank 0 writes; every rank must call it: per-rank data streams are gathered)."""
+        ranks_rng = gather(self.data.generator.get_state().tolist(), self.dist)
+        divergence = replica_divergence([self.policy, self.critic, self.behaviour], self.dist)
+        if not self.dist.is_main:
+            barrier(self.dist)
+            return None
         groups = {"policy": self.policy.state_dict()}
         if self.ema is not None:
             groups["ema"] = self.ema.module.state_dict()
@@ -181,7 +204,12 @@ class Trainer:
             groups["critic"] = self.critic.state_dict()
         if self.behaviour is not None:
             groups["behaviour"] = self.behaviour.state_dict()
-        return save_checkpoint(self.run_dir, self.global_step, groups, self.optimizers(), self.meta())
+        meta = self.meta()
+        if self.dist.enabled:
+            meta.update(data_rng_ranks=ranks_rng, replica_divergence=divergence)
+        path = save_checkpoint(self.run_dir, self.global_step, groups, self.optimizers(), meta)
+        barrier(self.dist)
+        return path
 
     def restore(self, ck: Checkpoint) -> None:
         m = ck.meta
@@ -198,7 +226,14 @@ class Trainer:
         ck.load_optimizers(self.optimizers())
         self.stage_idx, self.stage_step, self.global_step = m["stage_idx"], m["stage_step"], m["step"]
         set_rng_state(m["rng"])
-        self.data.generator.set_state(torch.tensor(m["data_rng"], dtype=torch.uint8))
+        rng = m["data_rng"]
+        if self.dist.enabled:
+            ranks = m.get("data_rng_ranks") or []
+            if m.get("world_size") == self.dist.world and len(ranks) == self.dist.world:
+                rng = ranks[self.dist.rank]
+            else:  # different world size: a fresh, distinct stream per rank (exactness needs the same N)
+                rng = torch.Generator().manual_seed(self.cfg.seed + 1 + 7919 * self.dist.rank + m["step"]).get_state()
+        self.data.generator.set_state(torch.as_tensor(rng, dtype=torch.uint8))
 
     # ---------------------------------------------------------------- loop
     def _update(self, stage: str, batch: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -223,12 +258,13 @@ class Trainer:
     def run(self, *, stop_after: int | None = None, on_eval=None) -> bool:
         """Train until done (True) or until ``stop_after`` global steps in this call (False)."""
         plan = stage_plan(self.cfg)
-        logger = MetricsLogger(self.run_dir)
+        logger = MetricsLogger(self.run_dir) if self.dist.is_main else None
         done_here = 0
         try:
             while self.stage_idx < len(plan):
                 stage, total = plan[self.stage_idx]
                 bs = self.cfg.critic.batch_size if stage == "critic" else self.cfg.policy.batch_size
+                bs = max(1, bs // self.dist.world)  # the configured batch is the global batch
                 self._enter_stage(stage)
                 bar = tqdm(total=total, initial=self.stage_step, desc=f"{stage:9s}", mininterval=0.5,
                            disable=None if self.progress else True, dynamic_ncols=True, leave=True)
@@ -239,20 +275,22 @@ class Trainer:
                     self.global_step += 1
                     done_here += 1
                     bad = [k for k, v in metrics.items() if not math.isfinite(v)]
-                    if bad:
+                    if any_rank(bool(bad), self.dist):
+                        bad = bad or ["a loss on another rank"]
                         last = latest_checkpoint(self.run_dir)
                         raise GenctlError(
                             f"{stage} stage, step {self.stage_step}: {', '.join(bad)} became NaN/Inf; training stopped. "
                             f"Last good checkpoint: {last or 'none'} (resume with a lower lr or grad_clip)")
                     bar.update(1)
-                    if self.stage_step % self.cfg.log_every == 0 or self.stage_step == total:
+                    if logger and (self.stage_step % self.cfg.log_every == 0 or self.stage_step == total):
                         its = (self.stage_step - n0) / max(time.perf_counter() - t0, 1e-9)
                         logger.log(self.global_step, {**metrics, "it_per_s": its}, stage=stage)
                         bar.set_postfix({k: f"{v:.3g}" for k, v in list(metrics.items())[:3]}, refresh=False)
                     if (stage == "policy" and on_eval is not None and self.cfg.eval.every
                             and self.stage_step % self.cfg.eval.every == 0):
                         self.save()
-                        logger.log(self.global_step, on_eval(self.run_dir), stage="eval")
+                        if logger:
+                            logger.log(self.global_step, on_eval(self.run_dir), stage="eval")
                     finished_stage = self.stage_step == total
                     if finished_stage:
                         self.stage_idx += 1
@@ -269,7 +307,8 @@ class Trainer:
                 bar.close()
             return True
         finally:
-            logger.close()
+            if logger:
+                logger.close()
 
 
 def default_run_name(cfg: TrainConfig) -> str:
@@ -298,12 +337,16 @@ def prepare_run(cfg: TrainConfig, *, overwrite: bool = False) -> Path:
 
 def train(cfg: TrainConfig, *, overwrite: bool = False, progress: bool = True, stop_after: int | None = None,
           on_eval=None) -> Path:
-    """Start a new run folder and train. Returns the run folder."""
+    """Start a new run folder and train. Returns the run folder. Under torchrun, rank 0 makes the folder."""
+    info = init_distributed(cfg.device)
     run_dir = Path(cfg.out_dir) / (cfg.name or default_run_name(cfg))
-    check_run_dir(run_dir, overwrite=overwrite)
+    if info.is_main:
+        check_run_dir(run_dir, overwrite=overwrite)
     # Opening the store and building the data/models validates every input before anything is written.
-    trainer = Trainer(cfg, run_dir, progress=progress)
-    prepare_run(cfg, overwrite=overwrite)
+    trainer = Trainer(cfg, run_dir, progress=progress, dist=info)
+    if info.is_main:
+        prepare_run(cfg, overwrite=overwrite)
+    barrier(info)
     trainer.run(stop_after=stop_after, on_eval=on_eval)
     return run_dir
 
@@ -315,7 +358,7 @@ def resume(run_dir: str | Path, *, progress: bool = True, stop_after: int | None
     if not cfg_path.exists():
         raise GenctlError(f"{run_dir} is not a run folder (no config.yaml)")
     cfg = build_config(TrainConfig, file=cfg_path)
-    trainer = Trainer(cfg, run_dir, progress=progress)
+    trainer = Trainer(cfg, run_dir, progress=progress, dist=init_distributed(cfg.device))
     ck_path = latest_checkpoint(run_dir)
     if ck_path is not None:
         trainer.restore(Checkpoint(ck_path))

@@ -128,6 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _main_process() -> bool:
+    """False on torchrun ranks other than 0, which stay quiet."""
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from genctl.config import TrainConfig, build_config, dump_yaml
 
@@ -137,7 +144,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.config or args.overrides:
             raise GenctlError("--resume takes no config or overrides: the run folder's config.yaml is used")
         tr.resume(args.resume, progress=not args.quiet, stop_after=args.stop_after)
-        print(f"run: {args.resume}")
+        if _main_process():
+            print(f"run: {args.resume}")
         return 0
     cfg = build_config(TrainConfig, file=args.config, overrides=args.overrides)
     if args.print_config:
@@ -146,7 +154,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from genctl.apps import train as tr
 
     run_dir = tr.train(cfg, overwrite=args.overwrite, progress=not args.quiet, stop_after=args.stop_after)
-    print(f"run: {run_dir}")
+    if _main_process():
+        print(f"run: {run_dir}")
     return 0
 
 
@@ -159,6 +168,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                  seed_start=args.seed, rerun=rerun, rerun_episodes=args.rerun_episodes, candidates=args.candidates,
                  frame_every=args.frame_every, max_episode_steps=args.max_episode_steps, device=args.device,
                  out=Path(args.out) if args.out else None, progress=not args.quiet)
+    if "return" not in r:  # a torchrun rank other than 0: rank 0 reports
+        return 0
     print(format_report(r))
     print(f"wrote {r['path']}")
     for f in r.get("rerun_files", []):
@@ -273,8 +284,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("absl", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    ok = False
     try:
-        return COMMANDS[args.cmd](args)
+        rc = COMMANDS[args.cmd](args)
+        ok = True
+        return rc
     except GenctlError as e:
         if args.debug:
             raise
@@ -283,6 +297,22 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        _close_process_group(wait=ok)
+
+
+def _close_process_group(wait: bool) -> None:
+    """Leave a torchrun process group cleanly (gloo aborts at interpreter exit otherwise)."""
+    if "torch.distributed" not in sys.modules:
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        try:
+            if wait:  # never wait for peers after an error: they may be blocked elsewhere
+                dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":
