@@ -6,7 +6,6 @@ normaliser, EMA, checkpoints, metrics and the progress bar.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
@@ -149,15 +148,22 @@ class Trainer:
         if cfg.policy.algo == "gmpg":
             self.behaviour = make_generative_model(m.kind, self.action_dim, self.obs_dim, **kw).to(self.device)
         self.ema = EMA(self.policy, cfg.policy.ema_decay) if cfg.policy.ema_decay else None
+        compile_ = cfg.compile if cfg.compile is not None else self.device.type == "cuda"
+        if compile_:  # in place (Module.compile): parameter names, hence checkpoints, are unchanged
+            for net in (self.policy.backbone, getattr(self.behaviour, "backbone", None)):
+                if net is not None:
+                    net.compile()
         p = cfg.policy
         self.algos: dict[str, Any] = {}
         if self.behaviour is not None:
-            self.algos["behaviour"] = make_algorithm("bc", self.behaviour, lr=p.behaviour_lr, grad_clip=p.grad_clip)
-        hp: dict[str, Any] = dict(lr=p.lr, grad_clip=p.grad_clip)
+            self.algos["behaviour"] = make_algorithm("bc", self.behaviour, lr=p.behaviour_lr, grad_clip=p.grad_clip,
+                                                     amp=self.amp)
+        hp: dict[str, Any] = dict(lr=p.lr, grad_clip=p.grad_clip, amp=self.amp)
         if p.algo == "gmpo":
             hp.update(beta=p.beta, clamp=p.clamp)
         elif p.algo == "gmpg":
-            hp.update(beta=p.beta, sample_steps=p.sample_steps, solver=p.solver, exact_trace=p.exact_trace)
+            hp.update(beta=p.beta, sample_steps=p.sample_steps, solver=p.solver, exact_trace=p.exact_trace,
+                      kl_batch=p.kl_batch)
         self.algos["policy"] = make_algorithm(p.algo, self.policy, critic=self.critic, behaviour=self.behaviour, **hp)
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
@@ -237,13 +243,11 @@ class Trainer:
 
     # ---------------------------------------------------------------- loop
     def _update(self, stage: str, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        ctx = (torch.autocast("cuda", dtype=torch.bfloat16) if self.amp and self.device.type == "cuda"
-               else contextlib.nullcontext())
-        with ctx:
-            if stage == "critic":
-                assert self.critic is not None
-                return self.critic.update(batch)
-            metrics = self.algos[stage].update(batch)
+        # bf16 autocast (cfg.amp) lives inside the algorithms, which keep critic values and weights in fp32.
+        if stage == "critic":
+            assert self.critic is not None
+            return self.critic.update(batch)
+        metrics = self.algos[stage].update(batch)
         if stage == "policy" and self.ema is not None:
             self.ema.update(self.policy)
         return metrics

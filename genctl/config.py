@@ -62,7 +62,11 @@ class PolicyConfig(_Strict):
     behaviour_lr: float = 1e-4
     sample_steps: int = Field(10, ge=1, description="GMPG: sampler steps through which gradients flow")
     solver: Literal["euler", "heun", "midpoint"] = "euler"
-    exact_trace: bool = Field(True, description="GMPG: exact divergence (small action dims) vs Hutchinson")
+    exact_trace: bool | None = Field(
+        None, description="GMPG: exact log-density of the discrete sampler vs Hutchinson; None = exact for D <= 8")
+    kl_batch: int | None = Field(
+        None, ge=1, description="GMPG: estimate the KL term on this many rows of each batch (None = all, as the "
+        "reference); unbiased, cheaper, noisier")
 
 
 class EvalConfig(_Strict):
