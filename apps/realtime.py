@@ -74,6 +74,9 @@ def run_realtime(run: str | Path, *, hz: float, episodes: int = 1, late: str = "
         raise GenctlError(f"{run}: the training store recorded no env")
     env = make_env_from_info(policy.env_info)
     period = 1.0 / hz
+    # first calls build the sampler's cached trace: do them before the clock starts
+    for _ in range(2):
+        policy.act(np.zeros((1, policy.obs_dim), np.float32), solver=solver, steps=steps)
     worker = _PolicyThread(policy, solver, steps)
     worker.start()
     eps = []
