@@ -9,9 +9,6 @@ either the previous store or nothing.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import ctypes.util
 import json
 import os
 import shutil
@@ -107,32 +104,6 @@ def json_clean(obj: Any) -> Any:
     if isinstance(obj, float) and not np.isfinite(obj):
         return None
     return obj
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _swap_into_place(tmp: Path, target: Path) -> None:
-    """Replace ``target`` by ``tmp`` with no instant where neither exists under ``target``.
-
-    Linux ``renameat2(RENAME_EXCHANGE)`` swaps two directories atomically; where it is unavailable, fall back to
-    :func:`genctl.fsutil.replace_dir` (which has a short window where ``target`` is renamed away)."""
-    if target.exists():
-        libc_name = ctypes.util.find_library("c")
-        with contextlib.suppress(Exception):
-            libc = ctypes.CDLL(libc_name, use_errno=True)
-            at_fdcwd, rename_exchange = -100, 2
-            if libc.renameat2(at_fdcwd, os.fsencode(tmp), at_fdcwd, os.fsencode(target), rename_exchange) == 0:
-                _fsync_dir(target.parent)
-                shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the previous version
-                return
-    replace_dir(tmp, target)
 
 
 class StoreWriter:
@@ -285,7 +256,7 @@ class StoreWriter:
             raise DataError(f"store {self.path} appeared while writing; not replaced (overwrite=False)")
         tmp, self._tmp = self._tmp, None
         try:
-            _swap_into_place(tmp, self.path)
+            replace_dir(tmp, self.path)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -4,6 +4,8 @@ target intact or nothing at all — never a half-written file or folder."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import json
 import os
 import shutil
@@ -54,13 +56,29 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two existing paths (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        at_fdcwd, rename_exchange = -100, 2
+        return libc.renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+    return False
+
+
 def replace_dir(tmp: Path, target: Path) -> None:
-    """Move a finished folder ``tmp`` onto ``target``. If ``target`` exists it is swapped out first and
-    removed only after the new one is in place; at every instant one complete version exists on disk
-    (the old one possibly under a hidden ``.old`` name, which :func:`cleanup_stale` removes)."""
+    """Move a finished folder ``tmp`` onto ``target``, never leaving an instant without a complete version.
+
+    Where ``target`` exists the two are swapped atomically (Linux ``renameat2(RENAME_EXCHANGE)``) and the old
+    version, now at ``tmp``, is deleted. Elsewhere ``target`` is first renamed to a hidden ``.old`` sibling
+    (a short window where only that copy exists; :func:`cleanup_stale` leaves it alone while we live).
+    """
     tmp, target = Path(tmp), Path(target)
+    if target.exists() and _exchange(tmp, target):
+        _fsync_dir(target.parent)
+        shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the previous version
+        return
     if target.exists():
-        old = target.parent / f".{target.name}{TMP_MARK}old-{uuid.uuid4().hex[:8]}"
+        old = target.parent / f".{target.name}{TMP_MARK}{os.getpid()}-old-{uuid.uuid4().hex[:8]}"
         os.replace(target, old)
         os.replace(tmp, target)
         shutil.rmtree(old, ignore_errors=True)
