@@ -1,7 +1,10 @@
 """Closed-loop evaluation: the learned sampler drives MuJoCo envs; every episode, latency and fault is measured.
 
 K envs run side by side with one batched policy call per control step; episode i always uses eval seed i,
-so results do not depend on K. A diverging simulator (NaN state, MuJoCo instability warning, exception)
+so results do not depend on K. A policy trained with observation history / action chunking is fed the last
+``n_obs_steps`` observations of each env (the reset observation repeated at episode start) and runs receding
+horizon: it is called for an env only when that env's action queue is empty, and the first ``n_action_steps``
+of the ``horizon`` predicted actions are queued (the batched call covers the envs whose queues ran out). A diverging simulator (NaN state, MuJoCo instability warning, exception)
 ends only that episode, with the reason recorded.
 """
 
@@ -11,6 +14,7 @@ import functools
 import logging
 import math
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,9 +90,11 @@ def evaluate(run: str | Path, *, episodes: int = 10, envs: int = 1, solver: str 
              steps: int | None = None, seed_start: int = 0, rerun: tuple[str, str | None] | None = None,
              rerun_episodes: int | None = None, candidates: int = 64, frame_every: int = 1,
              max_episode_steps: int | None = None, device: str = "cpu", out: Path | None = None,
-             progress: bool = True, policy: LoadedPolicy | None = None) -> dict[str, Any]:
+             progress: bool = True, policy: LoadedPolicy | None = None,
+             n_action_steps: int | None = None) -> dict[str, Any]:
     """Run ``episodes`` closed-loop episodes and write ``eval.json`` into the run folder (or ``out``).
 
+    ``n_action_steps``: actions executed per policy call (default: the run's ``data.n_action_steps``).
     Under torchrun the episodes are spread over the processes (episode i on rank i mod N, same seeds as a
     single process); rank 0 gathers them, records rerun and writes the report.
     """
@@ -103,6 +109,10 @@ def evaluate(run: str | Path, *, episodes: int = 10, envs: int = 1, solver: str 
     if policy.env_info is None:
         raise GenctlError(f"{run}: the training store recorded no env, so there is nothing to evaluate in")
     solver = solver or policy.solver
+    if n_action_steps is not None and not 1 <= n_action_steps <= policy.horizon:
+        raise GenctlError(f"--n-action-steps must be in [1, {policy.horizon}] (the policy predicts "
+                          f"{policy.horizon} actions per call), got {n_action_steps}")
+    spec = policy.seq.with_action_steps(n_action_steps)
     steps = steps or policy.steps
     run_dir = Path(run) if (Path(run) / "config.yaml").exists() else policy.ck.path.parent.parent
     out = Path(out) if out else run_dir / "eval.json"
@@ -126,8 +136,10 @@ def evaluate(run: str | Path, *, episodes: int = 10, envs: int = 1, solver: str 
     results: list[Episode] = []
     slots: list[Episode | None] = [None] * k
     obs = [None] * k
+    hist: list[deque] = [deque(maxlen=spec.n_obs_steps) for _ in range(k)]  # observation history per env
+    plan: list[deque] = [deque() for _ in range(k)]  # queued actions per env (receding horizon)
     warn0: list[dict[int, int]] = [{} for _ in range(k)]
-    latencies, t_start, env_steps = [], time.perf_counter(), 0
+    latencies, t_start, env_steps, chunks = [], time.perf_counter(), 0, 0
     bar = tqdm(total=len(mine), desc="eval", disable=None if progress and dinfo.is_main else True, mininterval=0.5,
                dynamic_ncols=True)
 
@@ -135,26 +147,38 @@ def evaluate(run: str | Path, *, episodes: int = 10, envs: int = 1, solver: str 
         idx = queue.pop(0)
         ep = Episode(idx, seeds[idx])
         obs[i], info = env_list[i].reset(seed=ep.seed)
+        hist[i].extend([np.asarray(obs[i], np.float32)] * spec.n_obs_steps)
+        plan[i].clear()
         warn0[i] = _warning_counts(env_list[i])
         slots[i] = ep
         if logger and ep.index < n_record:
             logger.start_episode(ep.index, ep.seed, env_list[i], obs[i])
 
-    policy.act(np.zeros((k, policy.obs_dim), np.float32), solver=solver, steps=steps)  # warm-up, not timed
+    policy.predict_chunk(np.zeros((k, spec.n_obs_steps, policy.obs_dim), np.float32), solver=solver,
+                         steps=steps)  # warm-up, not timed
     try:
         for i in range(min(k, len(queue))):
             start(i)
         while any(s is not None for s in slots):
             live = [i for i in range(k) if slots[i] is not None]
-            batch = np.stack([obs[i] for i in live]).astype(np.float32)
-            t0 = time.perf_counter()
-            actions = policy.act(batch, solver=solver, steps=steps, generator=gen)
-            latencies.append(time.perf_counter() - t0)
-            for j, i in enumerate(live):
+            need = [i for i in live if not plan[i]]
+            if need:
+                batch = np.stack([np.stack(hist[i]) for i in need]).astype(np.float32)
+                t0 = time.perf_counter()
+                pred = policy.predict_chunk(batch, solver=solver, steps=steps, generator=gen)
+                latencies.append(time.perf_counter() - t0)
+                chunks += len(need)
+                for j, i in enumerate(need):
+                    plan[i].extend(pred[j, :spec.n_action_steps])
+                    ep = slots[i]
+                    if logger and ep is not None and ep.index < n_record and spec.horizon > 1:
+                        logger.chunk(ep.index, ep.length, pred[j], spec.n_action_steps)
+            for i in live:
                 ep, env = slots[i], env_list[i]
                 assert ep is not None
+                action = plan[i].popleft()
                 try:
-                    nobs, r, term, trunc, info = env.step(actions[j])
+                    nobs, r, term, trunc, info = env.step(action)
                 except Exception as e:  # the simulator itself failed: end this episode only
                     ep.end = f"sim_error: {type(e).__name__}: {e}"
                     term, trunc, r, info, nobs = True, False, 0.0, {}, obs[i]
@@ -174,8 +198,9 @@ def evaluate(run: str | Path, *, episodes: int = 10, envs: int = 1, solver: str 
                     elif bad:
                         ep.end = f"mujoco_warning: {bad[0]}"
                 if logger and ep.index < n_record:
-                    logger.step(ep.index, ep.length - 1, obs[i], actions[j], r, ep.ret, env)
+                    logger.step(ep.index, ep.length - 1, np.stack(hist[i]), action, r, ep.ret, env)
                 obs[i] = nobs
+                hist[i].append(np.asarray(nobs, np.float32))
                 if ep.end or term or trunc:
                     ep.end = ep.end or ("terminated" if term else "truncated")
                     if logger and ep.index < n_record:
@@ -192,14 +217,18 @@ def evaluate(run: str | Path, *, episodes: int = 10, envs: int = 1, solver: str 
         viewer.close()
     wall = time.perf_counter() - t_start
     if dinfo.enabled:  # rank 0 reports every process's episodes
-        parts = gather((results, latencies, env_steps, wall), dinfo)
+        parts = gather((results, latencies, env_steps, wall, chunks), dinfo)
         if not dinfo.is_main:
             return {"rank": dinfo.rank, "episodes": len(results)}
         results = [e for p in parts for e in p[0]]
         latencies = [x for p in parts for x in p[1]]
         env_steps = sum(p[2] for p in parts)
         wall = max(p[3] for p in parts)  # processes ran concurrently: aggregate rate = all steps / wall
+        chunks = sum(p[4] for p in parts)
     report = build_report(results, policy, latencies, env_steps, wall, solver=solver, steps=steps, k=k)
+    report.update(spec.to_meta(), policy_calls=len(latencies), chunks_predicted=chunks,
+                  actions_per_call=env_steps / len(latencies) if latencies else math.nan,
+                  actions_per_chunk=env_steps / chunks if chunks else math.nan)
     report["processes"] = dinfo.world
     if viewer.files:
         report["rerun_files"] = [str(p) for p in viewer.files]
@@ -248,6 +277,9 @@ def format_report(r: dict[str, Any]) -> str:
         lines.append(f"  normalised    {ns['mean']:9.2f} ± {ns['std']:.2f}")
     lat = r["latency_ms"]
     lines.append(f"  policy call   p50 {lat['p50']:.2f} ms  p99 {lat['p99']:.2f} ms   loop {r['control_rate_hz']:.0f} steps/s")
+    if r.get("horizon", 1) > 1 or r.get("n_obs_steps", 1) > 1:
+        lines.append(f"  chunking      {r['n_obs_steps']} obs -> {r['horizon']} actions, {r['n_action_steps']} "
+                     f"executed per call; {r['policy_calls']} calls, {r['actions_per_chunk']:.2f} actions/chunk")
     if r["faults"]:
         lines.append(f"  faults        {r['faults']} episode(s) ended by the simulator (see eval.json 'end')")
     return "\n".join(lines)

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from genctl.apps.chunking import SeqSpec
 from genctl.datasets import Normalizer
 from genctl.errors import DataError, GenctlError
 from genctl.policies import IQLCritic, make_generative_model
@@ -28,7 +29,12 @@ def find_checkpoint(run: str | Path) -> Checkpoint:
 
 
 class LoadedPolicy:
-    """``act(obs) -> action`` in env units; also Q/V when the run has a critic and candidate samples."""
+    """``act(obs) -> action`` in env units; also Q/V when the run has a critic and candidate samples.
+
+    A policy trained with observation history / action chunking (``n_obs_steps``, ``horizon`` in the meta)
+    predicts ``horizon`` actions from the last ``n_obs_steps`` observations: ``predict_chunk(obs_history)``.
+    Observation arguments are (B, D) or (D,) — the current observation, repeated as the history as at an episode
+    start — or (B, n_obs_steps, D) histories, oldest first. Single-step policies have n_obs_steps = horizon = 1."""
 
     def __init__(self, ck: Checkpoint, *, device: str = "cpu", use_ema: bool = True):
         self.ck, self.meta = ck, ck.meta
@@ -45,10 +51,18 @@ class LoadedPolicy:
     def _build(self, ck: Checkpoint, use_ema: bool) -> None:
         m = self.meta
         self.obs_dim, self.action_dim = int(m["obs_dim"]), int(m["action_dim"])
+        self._field = "horizon"
+        self.seq = SeqSpec.from_meta(m)
+        self.n_obs_steps, self.horizon, self.n_action_steps = (self.seq.n_obs_steps, self.seq.horizon,
+                                                               self.seq.n_action_steps)
         self._field = "model"
         self.model = make_generative_model(**m["model"]).to(self.device).eval()
         group = "ema" if use_ema and ck.has("ema") else "policy"
         load_module(self.model, ck.group(group), f"checkpoint {ck.path} ({group})")
+        if (self.model.action_dim, self.model.cond_dim) != (self.horizon * self.action_dim,
+                                                            self.n_obs_steps * self.obs_dim):
+            raise ValueError(f"model dims {self.model.action_dim}/{self.model.cond_dim} are not horizon x "
+                             f"action_dim / n_obs_steps x obs_dim")
         self.critic: IQLCritic | None = None
         self._field = "config"
         if ck.has("critic"):
@@ -80,9 +94,25 @@ class LoadedPolicy:
                 f"checkpoint {self.ck.path}: policy expects obs {self.obs_dim} / action {self.action_dim}, "
                 f"env {env_id} has obs {obs_dim} / action {action_dim} (checkpoint from another env?)")
 
+    def history(self, obs: np.ndarray) -> np.ndarray:
+        """(B, n_obs_steps, D) from (B, n_obs_steps, D), or from (B, D) / (D,) by repeating the observation."""
+        obs = np.asarray(obs, np.float32)
+        if obs.ndim == 3:
+            if obs.shape[1:] != (self.n_obs_steps, self.obs_dim):
+                raise GenctlError(f"observation history of shape {obs.shape[1:]}: the policy expects "
+                                  f"({self.n_obs_steps}, {self.obs_dim})")
+            return obs
+        obs = obs.reshape(-1, 1, self.obs_dim)
+        return np.repeat(obs, self.n_obs_steps, axis=1)
+
     def _cond(self, obs: np.ndarray) -> torch.Tensor:
-        x = self.obs_norm.normalize(np.asarray(obs, np.float32).reshape(-1, self.obs_dim))
+        """Normalised, flattened history (B, n_obs_steps * D); only the current observation with ``current``."""
+        hist = self.history(obs)
+        x = self.obs_norm.normalize(hist.reshape(-1, self.obs_dim)).reshape(len(hist), -1)
         return torch.as_tensor(x, dtype=torch.float32, device=self.device)
+
+    def _current(self, obs: np.ndarray) -> torch.Tensor:
+        return self._cond(obs)[:, -self.obs_dim:]
 
     def _to_env(self, a: torch.Tensor) -> np.ndarray:
         out = self.act_norm.unnormalize(a.float().cpu().numpy())
@@ -91,26 +121,33 @@ class LoadedPolicy:
         return out.astype(np.float32)
 
     @torch.inference_mode()
+    def predict_chunk(self, obs_history: np.ndarray, *, solver: str | None = None, steps: int | None = None,
+                      generator: torch.Generator | None = None) -> np.ndarray:
+        """(B, horizon, A) actions in env units from the current step on, for (B, n_obs_steps, D) histories."""
+        cond = self._cond(obs_history)
+        a = self.model.sample(cond, solver=solver or self.solver, steps=steps or self.steps, generator=generator)
+        return self._to_env(a.reshape(len(cond), self.horizon, self.action_dim))
+
     def act(self, obs: np.ndarray, *, solver: str | None = None, steps: int | None = None,
             generator: torch.Generator | None = None) -> np.ndarray:
-        cond = self._cond(obs)
-        a = self.model.sample(cond, solver=solver or self.solver, steps=steps or self.steps, generator=generator)
-        return self._to_env(a)
+        """(B, A): the first action of the predicted chunk."""
+        return self.predict_chunk(obs, solver=solver, steps=steps, generator=generator)[:, 0]
 
     @torch.inference_mode()
     def candidates(self, obs: np.ndarray, n: int, *, solver: str | None = None, steps: int | None = None,
                    generator: torch.Generator | None = None) -> np.ndarray:
-        """``n`` actions sampled at one state: the policy's action distribution there, shape (n, A)."""
+        """``n`` actions sampled at one state: the policy's action distribution there, shape (n, A) (for a
+        chunked policy: the first action of ``n`` sampled chunks)."""
         cond = self._cond(obs)[:1]
         a = self.model.sample(cond, n=n, solver=solver or self.solver, steps=steps or self.steps,
                               generator=generator)
-        return self._to_env(a.reshape(n, self.action_dim))
+        return self._to_env(a.reshape(n, self.horizon, self.action_dim)[:, 0])
 
     @torch.inference_mode()
     def q_v(self, obs: np.ndarray, action: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         if self.critic is None:
             return None
-        s = self._cond(obs)
+        s = self._current(obs)
         a = torch.as_tensor(self.act_norm.normalize(np.asarray(action, np.float32).reshape(-1, self.action_dim)),
                             device=self.device)
         return self.critic.q(s, a).cpu().numpy(), self.critic.v(s).cpu().numpy()

@@ -3,8 +3,10 @@
 Per episode ``ep_XXX`` (its own entity subtree, on a shared per-episode ``step`` timeline so episodes line
 up for comparison): camera frames, executed action, reward and return, Q and V of the taken action,
 joint positions/velocities, and — the view that shows multimodality — ``N`` candidate actions sampled from
-the policy at the current state, as a point cloud in action space (first 2-3 dims). Maze envs also get the
-maze walls and each episode's 2-D path under ``maze/``.
+the policy at the current state, as a point cloud in action space (first 2-3 dims). A policy with action
+chunking also logs each predicted chunk at the step it was predicted, ``ep_XXX/action/predicted_chunk``: the
+``horizon`` actions as a line strip in action space (first 2-3 dims) with the executed ones as points
+(``.../executed``). Maze envs also get the maze walls and each episode's 2-D path under ``maze/``.
 """
 
 from __future__ import annotations
@@ -63,7 +65,24 @@ class RolloutLogger:
             self.v.log(f"maze/ep_{idx:03d}/goal", rr.Points2D([np.asarray(goal)[:2]], radii=0.15,
                                                                 colors=[(40, 200, 40)]), static=True)
 
+    def chunk(self, idx: int, t: int, chunk: np.ndarray, n_exec: int) -> None:
+        """The (H, A) chunk predicted at step ``t``, of which the first ``n_exec`` actions are executed."""
+        import rerun as rr
+
+        p = f"ep_{idx:03d}/action/predicted_chunk"
+        self.v.set_step(t)
+        c = np.asarray(chunk, np.float64)
+        d = c.shape[1]
+        if d >= 3:
+            self.v.log(p, rr.LineStrips3D([c[:, :3]], radii=0.01, colors=[(255, 170, 40)]))
+            self.v.log(f"{p}/executed", rr.Points3D(c[:n_exec, :3], radii=0.03, colors=[(255, 80, 40)]))
+        else:
+            xy = np.concatenate([c, np.zeros((len(c), 1))], 1) if d == 1 else c
+            self.v.log(p, rr.LineStrips2D([xy], radii=0.01, colors=[(255, 170, 40)]))
+            self.v.log(f"{p}/executed", rr.Points2D(xy[:n_exec], radii=0.03, colors=[(255, 80, 40)]))
+
     def step(self, idx: int, t: int, obs: np.ndarray, action: np.ndarray, reward: float, ret: float, env: Any) -> None:
+        """``obs``: the current observation (D,) or the policy's observation history (n_obs_steps, D)."""
         import rerun as rr
 
         b, p = self.buf[idx], f"ep_{idx:03d}"
@@ -88,7 +107,7 @@ class RolloutLogger:
             if frame is not None:
                 self.v.log(f"{p}/camera", rr.Image(np.asarray(frame, np.uint8)))
         if self.n_cand:
-            cand = self.policy.candidates(obs, self.n_cand)
+            cand = self.policy.candidates(obs[None], self.n_cand)
             self._action_cloud(f"{p}/action_space", cand, np.asarray(action))
 
     def _action_cloud(self, path: str, cand: np.ndarray, taken: np.ndarray) -> None:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from genctl.apps.chunking import ChunkCritic, SeqSpec, WindowData, build_windows
 from genctl.apps.distributed import (
     DistInfo,
     any_rank,
@@ -59,15 +60,22 @@ def stage_plan(cfg: TrainConfig) -> list[tuple[str, int]]:
 
 @dataclass
 class Data:
-    """Normalised training transitions as device tensors, sampled with our own generator (exact resume)."""
+    """Normalised training transitions as device tensors, sampled with our own generator (exact resume).
+
+    ``windows`` (observation history / action chunks, see ``chunking``) feed the behaviour and policy stages
+    of a chunked run; the critic always samples single transitions. Both draw from the one generator."""
 
     tensors: dict[str, torch.Tensor]
     n: int
     generator: torch.Generator
+    windows: WindowData | None = None
 
-    def sample(self, batch_size: int) -> dict[str, torch.Tensor]:
-        idx = torch.randint(self.n, (batch_size,), generator=self.generator, device="cpu")
+    def sample(self, batch_size: int, *, windows: bool = False) -> dict[str, torch.Tensor]:
+        n = self.windows.n if windows and self.windows is not None else self.n
+        idx = torch.randint(n, (batch_size,), generator=self.generator, device="cpu")
         idx = idx.to(next(iter(self.tensors.values())).device, non_blocking=True)
+        if windows and self.windows is not None:
+            return self.windows.gather(idx)
         return {k: v.index_select(0, idx) for k, v in self.tensors.items()}
 
 
@@ -129,7 +137,10 @@ class Trainer:
         tensors = {k: torch.as_tensor(np.ascontiguousarray(v, dtype=np.float32)).to(self.device)
                    for k, v in arrays.items()}
         gen = torch.Generator().manual_seed(cfg.seed + 1 + 7919 * self.dist.rank)  # one data stream per rank
-        self.data = Data(tensors, len(arrays["action"]), gen)
+        self.seq = SeqSpec.from_config(cfg)
+        windows = (build_windows(store, train_eps, self.obs_norm, self.act_norm, self.seq, self.device)
+                   if self.seq.chunked else None)
+        self.data = Data(tensors, len(arrays["action"]), gen, windows)
         self.obs_dim = arrays["obs"].shape[1]
         self.action_dim = arrays["action"].shape[1]
 
@@ -138,7 +149,9 @@ class Trainer:
         kw = dict(hidden=list(m.hidden), t_dim=m.t_dim, cond_hidden=m.cond_hidden, t_cond_hidden=m.t_cond_hidden)
         if m.kind == "vpsde":
             kw["vpsde_target"] = m.vpsde_target
-        self.policy = make_generative_model(m.kind, self.action_dim, self.obs_dim, **kw).to(self.device)
+        # chunked: x = horizon actions, cond = n_obs_steps observations (flattened); the critic stays single-step
+        x_dim, cond_dim = self.seq.horizon * self.action_dim, self.seq.n_obs_steps * self.obs_dim
+        self.policy = make_generative_model(m.kind, x_dim, cond_dim, **kw).to(self.device)
         self.critic = None
         if cfg.critic.steps > 0:
             c = cfg.critic
@@ -146,7 +159,7 @@ class Trainer:
                                     gamma=c.gamma, tau=c.tau, lr=c.lr).to(self.device)
         self.behaviour = None
         if cfg.policy.algo == "gmpg":
-            self.behaviour = make_generative_model(m.kind, self.action_dim, self.obs_dim, **kw).to(self.device)
+            self.behaviour = make_generative_model(m.kind, x_dim, cond_dim, **kw).to(self.device)
         self.ema = EMA(self.policy, cfg.policy.ema_decay) if cfg.policy.ema_decay else None
         compile_ = cfg.compile if cfg.compile is not None else self.device.type == "cuda"
         if compile_:  # in place (Module.compile): parameter names, hence checkpoints, are unchanged
@@ -164,7 +177,10 @@ class Trainer:
         elif p.algo == "gmpg":
             hp.update(beta=p.beta, sample_steps=p.sample_steps, solver=p.solver, exact_trace=p.exact_trace,
                       kl_batch=p.kl_batch)
-        self.algos["policy"] = make_algorithm(p.algo, self.policy, critic=self.critic, behaviour=self.behaviour, **hp)
+        critic: Any = self.critic
+        if critic is not None and self.seq.chunked:  # Q/V of the window's current obs and first action
+            critic = ChunkCritic(critic, self.obs_dim, self.action_dim)
+        self.algos["policy"] = make_algorithm(p.algo, self.policy, critic=critic, behaviour=self.behaviour, **hp)
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         opts: dict[str, torch.optim.Optimizer] = {}
@@ -183,7 +199,7 @@ class Trainer:
             "stage_idx": self.stage_idx, "stage_step": self.stage_step,
             "finished": self.stage_idx >= len(plan),
             "model": self.policy.config(),
-            "obs_dim": self.obs_dim, "action_dim": self.action_dim,
+            "obs_dim": self.obs_dim, "action_dim": self.action_dim, **self.seq.to_meta(),
             "obs_norm": self.obs_norm.to_dict(), "action_norm": self.act_norm.to_dict(),
             "reward_scale": self.reward_scale, "reward_shift": self.cfg.data.reward_shift,
             "env": self.store.attrs.get("env"), "obs_keys": self.store.attrs.get("obs_keys"),
@@ -274,7 +290,7 @@ class Trainer:
                            disable=None if self.progress else True, dynamic_ncols=True, leave=True)
                 t0, n0 = time.perf_counter(), self.stage_step
                 while self.stage_step < total:
-                    metrics = self._update(stage, self.data.sample(bs))
+                    metrics = self._update(stage, self.data.sample(bs, windows=stage != "critic"))
                     self.stage_step += 1
                     self.global_step += 1
                     done_here += 1

@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="sampler steps (default: the run's eval.steps)")
     p.add_argument("--seed", type=int, default=0, help="first eval seed offset")
     p.add_argument("--max-episode-steps", type=int)
+    p.add_argument("--n-action-steps", type=int, metavar="N",
+                   help="chunked policies: actions executed per policy call (default: the run's data.n_action_steps)")
     p.add_argument("--candidates", type=int, default=64, help="candidate actions drawn per step for rerun")
     p.add_argument("--rerun-episodes", type=int, help="record only the first N episodes in rerun")
     p.add_argument("--frame-every", type=int, default=1, help="log a camera frame every N steps (0 = none)")
@@ -167,7 +169,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     r = evaluate(args.run, episodes=args.episodes, envs=args.envs, solver=args.solver, steps=args.steps,
                  seed_start=args.seed, rerun=rerun, rerun_episodes=args.rerun_episodes, candidates=args.candidates,
                  frame_every=args.frame_every, max_episode_steps=args.max_episode_steps, device=args.device,
-                 out=Path(args.out) if args.out else None, progress=not args.quiet)
+                 out=Path(args.out) if args.out else None, progress=not args.quiet,
+                 n_action_steps=args.n_action_steps)
     if "return" not in r:  # a torchrun rank other than 0: rank 0 reports
         return 0
     print(format_report(r))

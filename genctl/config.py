@@ -28,6 +28,17 @@ class DataConfig(_Strict):
     reward_scale: float | Literal["return_range"] = Field(
         1.0, description="multiply rewards; 'return_range' = 1000/(max_return - min_return) as IQL does for locomotion")
     reward_shift: float = Field(0.0, description="added after scaling (IQL uses -1 for AntMaze)")
+    # Observation history and action chunking (Diffusion-Policy style). The defaults (1, 1, None) are the
+    # single-step policy: cond = one observation, x = one action, one policy call per control step.
+    n_obs_steps: int = Field(
+        1, ge=1, description="observations the policy is conditioned on (the current one and n-1 before it; "
+        "padded by repeating the first frame at episode start)")
+    horizon: int = Field(
+        1, ge=1, description="actions predicted per policy call, from the current step on (padded by repeating "
+        "the last action at episode end)")
+    n_action_steps: int | None = Field(
+        None, ge=1, description="actions executed per policy call in closed loop (receding horizon); "
+        "None = horizon; must be <= horizon")
 
 
 class ModelConfig(_Strict):
@@ -98,6 +109,10 @@ class TrainConfig(_Strict):
     def _consistent(self) -> TrainConfig:
         if self.policy.algo in ("gmpo", "gmpg") and self.critic.steps == 0:
             raise ValueError(f"policy.algo={self.policy.algo} needs a critic: critic.steps must be > 0")
+        d = self.data
+        if d.n_action_steps is not None and d.n_action_steps > d.horizon:
+            raise ValueError(f"data.n_action_steps={d.n_action_steps} must be <= data.horizon={d.horizon} "
+                             "(a policy call predicts horizon actions; it cannot execute more than it predicts)")
         return self
 
 
