@@ -4,12 +4,19 @@ The control loop never waits for the policy. At each tick it applies the newest 
 has published; if none arrived since the last tick, that is a deadline miss and the loop holds the last
 action (``late="hold"``) or, for a policy that predicts several actions at once, takes the next one from the
 current chunk (``late="chunk"``; single-step policies fall back to hold).
+
+The policy thread is given the last ``n_obs_steps`` observations (the reset observation repeated at episode
+start) and publishes the whole predicted chunk of ``horizon`` actions. The chunk predicted from the observation
+of tick k holds the actions for ticks k, k+1, ...: on time, tick k applies its first action; with
+``late="chunk"`` a later tick j that has no fresher chunk applies action j - k of it (while j - k < horizon and
+the chunk belongs to the current episode), and only then holds.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +61,7 @@ class _PolicyThread(threading.Thread):
                         return
                     obs, oid = self.obs, self.obs_id
                 t0 = time.perf_counter()
-                a = self.policy.act(obs[None], solver=self.solver, steps=self.steps)[0]
+                a = self.policy.predict_chunk(obs[None], solver=self.solver, steps=self.steps)[0]  # (H, A)
                 self.latencies.append(time.perf_counter() - t0)
                 with self.cv:
                     self.action, self.action_id = a, oid
@@ -80,31 +87,40 @@ def run_realtime(run: str | Path, *, hz: float, episodes: int = 1, late: str = "
     worker = _PolicyThread(policy, solver, steps)
     worker.start()
     eps = []
-    ticks = misses = 0
+    ticks = misses = from_chunk = 0
+    sid = 0  # id of the latest submitted history: one per tick, plus one per episode reset
     t_start = time.perf_counter()
     try:
         for ep_i, s in enumerate(eval_seeds(episodes, start=seed)):
             obs, _ = env.reset(seed=s)
             ret, success, n, last = 0.0, False, 0, np.zeros(env.action_space.shape, np.float32)
-            obs_id = ticks
-            worker.submit(obs.astype(np.float32), obs_id)
+            hist = deque([obs.astype(np.float32)] * policy.n_obs_steps, maxlen=policy.n_obs_steps)
+            sid += 1
+            ep_first = obs_id = sid
+            worker.submit(np.stack(hist), obs_id)
             next_tick = time.perf_counter()
             while True:
                 next_tick += period
-                action, aid = worker.latest()
+                chunk, aid = worker.latest()
                 if worker.error is not None:
                     raise worker.error
-                if action is not None and aid == obs_id:
-                    last = action
+                if chunk is not None and aid == obs_id:
+                    last = chunk[0]
                 else:
-                    misses += 1  # policy late for this observation: hold the last action
+                    misses += 1  # policy late for this observation: next action of the current chunk, or hold
+                    lag = obs_id - aid
+                    if late == "chunk" and chunk is not None and aid >= ep_first and 0 < lag < len(chunk):
+                        last = chunk[lag]
+                        from_chunk += 1
                 obs, r, term, trunc, info = env.step(last)
                 ticks += 1
                 n += 1
                 ret += float(r)
                 success |= bool(info.get("success", False))
-                obs_id = ticks
-                worker.submit(obs.astype(np.float32), obs_id)
+                hist.append(obs.astype(np.float32))
+                sid += 1
+                obs_id = sid
+                worker.submit(np.stack(hist), obs_id)
                 if term or trunc or (max_steps and n >= max_steps):
                     break
                 delay = next_tick - time.perf_counter()
@@ -123,6 +139,7 @@ def run_realtime(run: str | Path, *, hz: float, episodes: int = 1, late: str = "
     lat = np.array(worker.latencies or [0.0]) * 1e3
     report = {"hz_target": hz, "hz_achieved": ticks / wall if wall else 0.0, "ticks": ticks,
               "deadline_misses": misses, "miss_rate": misses / max(ticks, 1), "late_policy": late,
+              "actions_from_chunk": from_chunk, "n_obs_steps": policy.n_obs_steps, "horizon": policy.horizon,
               "latency_ms": {"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99))},
               "episodes": eps}
     run_dir = Path(run) if (Path(run) / "config.yaml").exists() else policy.ck.path.parent.parent
