@@ -224,8 +224,8 @@ def test_kill_training_at_random_time(setup, tmp_path, capsys, seed):
     print(f"delay {delay:.2f}s", kill_train_and_resume(setup, tmp_path, capsys, delay=delay))
 
 
-COLLECT_HOOKS = ["genctl.datasets.writer._swap_into_place:1:before",
-                 "genctl.datasets.writer._swap_into_place:1:after"]
+COLLECT_HOOKS = ["genctl.datasets.writer.replace_dir:1:before",
+                 "genctl.datasets.writer.replace_dir:1:after"]
 
 
 def kill_collect(setup, tmp_path, *, kill=None, delay=None, over_existing=False) -> str:
