@@ -220,6 +220,11 @@ class Trainer:
             barrier(self.dist)
             return None
         groups = {"policy": self.policy.state_dict()}
+        bad = [n for n, m in (("policy", self.policy), ("critic", self.critic), ("behaviour", self.behaviour))
+               if m is not None and not all(bool(torch.isfinite(t).all()) for t in m.parameters())]
+        if bad:  # never overwrite a good checkpoint with diverged weights
+            raise GenctlError(f"step {self.global_step}: {', '.join(bad)} weights became NaN/Inf; training stopped. "
+                              f"Last good checkpoint: {latest_checkpoint(self.run_dir) or 'none'}")
         if self.ema is not None:
             groups["ema"] = self.ema.module.state_dict()
         if self.critic is not None:

@@ -80,3 +80,18 @@ def test_resume_matches_uninterrupted(store: Path, tmp_path: Path) -> None:
         assert a.keys() == b.keys()
         for k in a:
             np.testing.assert_array_equal(a[k], b[k], err_msg=f"{group}/{k}")
+
+
+def test_nan_loss_stops_with_clear_message_and_keeps_good_checkpoint(store: Path, tmp_path: Path) -> None:
+    env = dict(os.environ, MUJOCO_GL="egl", OMP_NUM_THREADS="1")
+    args = [sys.executable, "-m", "genctl", "--quiet", "train", f"data.store={store}", f"out_dir={tmp_path}",
+            "name=nan", "critic.steps=5", "policy.steps=400", "policy.lr=1e12", "policy.algo=bc", "ckpt_every=1",
+            "policy.ema_decay=null", *TINY]
+    r = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 2, r.stderr
+    assert "became NaN/Inf" in r.stderr and "Last good checkpoint" in r.stderr and "Traceback" not in r.stderr
+    ckpts = sorted((tmp_path / "nan" / "checkpoints").glob("step-*"))
+    assert ckpts, "no checkpoint kept"
+    for ck in ckpts:
+        for k, v in load_file(str(ck / "policy.safetensors")).items():
+            assert np.all(np.isfinite(v)), f"{ck.name}/{k} holds NaN/Inf"
