@@ -17,18 +17,23 @@ fi
 if [ ! -x .venv/bin/python ]; then
   echo "[setup] creating .venv"
   "$PY" -m venv .venv
-  .venv/bin/python -m pip install -q -U pip
+  .venv/bin/python -m pip install -q -U pip 2>&1 | grep -v "^WARNING: Location" || true
 fi
 # torch first and pinned: an unpinned torch pulls gigabytes of CUDA wheels on a CPU machine.
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   echo "[setup] installing torch==2.13.0"
-  .venv/bin/python -m pip install -q "torch==2.13.0"
+  .venv/bin/python -m pip install -q "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" || true
+  .venv/bin/python -c "import torch" || { echo "[setup] installing torch==2.13.0 failed" >&2; exit 1; }
 fi
 if ! .venv/bin/python -c "import genctl.apps, rerun, zarr, mujoco, pytest" 2>/dev/null \
    || [ pyproject.toml -nt .venv/.genctl-installed ]; then
   echo "[setup] installing genctl and its dependencies"
-  .venv/bin/python -m pip install -q -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/python -c "import genctl.apps, rerun, zarr, mujoco" 
+  if ! .venv/bin/python -m pip install -q -e ".[dev]" > .venv/install.log 2>&1; then
+    tail -n 30 .venv/install.log >&2
+    echo "[setup] pip install failed; full log: .venv/install.log" >&2
+    exit 1
+  fi
+  .venv/bin/python -c "import genctl.apps, rerun, zarr, mujoco"
   touch .venv/.genctl-installed
 fi
 # rerun prints an analytics notice on first use; keep the machine quiet and offline.
