@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import time
 from importlib import resources
 from pathlib import Path
@@ -54,7 +57,11 @@ def run_demo(out: Path, *, env_id: str | None = None, episodes: int = 10, fast: 
     print(f"  store        {store}")
     print(f"  run          {run_dir}  (config.yaml, checkpoints/, metrics.jsonl, eval.json)")
     print(f"  recording    {rrd}")
-    print(f"view it:  rerun {rrd}")
-    print(f"   or (headless, in a browser):  rerun --serve-web --bind 127.0.0.1 {rrd}")
+    rerun_bin = Path(sys.executable).parent / "rerun"
+    rr = str(rerun_bin) if rerun_bin.exists() else "rerun"
+    with contextlib.suppress(ValueError):
+        rr = os.path.relpath(rr)
+    print(f"view it:  {rr} {rrd}")
+    print(f"   or (headless, open the printed URL in a browser):  {rr} --serve-web --bind 127.0.0.1 {rrd}")
     print(f"total time {time.perf_counter() - t0:.0f} s")
     return report
