@@ -80,7 +80,8 @@ def one_run(algo: str, seed: int, store: Path, args: argparse.Namespace, out: Pa
     ev_path = run / "eval.json"
     t0 = time.time()
     if args.force or not ev_path.exists():
-        over = [*COMMON, *PER_ALGO[algo], *args.set, *getattr(args, algo), f"data.store={store}",
+        fixed = ["critic.steps=0"] if algo == "bc" else []  # BC needs no critic, whatever --set says
+        over = [*COMMON, *PER_ALGO[algo], *args.set, *getattr(args, algo), *fixed, f"data.store={store}",
                 f"out_dir={out / 'runs'}", f"name={name}", f"seed={seed}"]
         sh([*GENCTL, "train", *over, "--overwrite"], log)
         sh([*GENCTL, "eval", str(run), "--episodes", str(args.eval_episodes), "--envs", str(args.eval_envs)], log)
