@@ -79,6 +79,8 @@ def one_run(algo: str, seed: int, store: Path, args: argparse.Namespace, out: Pa
     log.parent.mkdir(parents=True, exist_ok=True)
     ev_path = run / "eval.json"
     t0 = time.time()
+    if args.report_only and not ev_path.exists():
+        raise RuntimeError(f"{ev_path} missing (--report-only)")
     if args.force or not ev_path.exists():
         fixed = ["critic.steps=0"] if algo == "bc" else []  # BC needs no critic, whatever --set says
         over = [*COMMON, *PER_ALGO[algo], *args.set, *getattr(args, algo), *fixed, f"data.store={store}",
@@ -144,6 +146,7 @@ def main() -> None:
         ap.add_argument(f"--{a}", nargs="*", default=[], metavar="K=V", help=f"overrides for {a} only")
     ap.add_argument("--metric", choices=["auto", "success_rate", "normalized_score"], default="auto",
                     help="table metric; auto = normalized_score with --ingest (D4RL data), else success_rate")
+    ap.add_argument("--report-only", action="store_true", help="train nothing: tabulate the runs that have eval.json")
     ap.add_argument("--force", action="store_true", help="redo runs that already have eval.json")
     args = ap.parse_args()
     if args.steps:
@@ -154,7 +157,7 @@ def main() -> None:
     algos = [a.strip() for a in args.algos.split(",") if a.strip()]
     seeds = [int(s) for s in args.seeds.split(",")]
     t0 = time.time()
-    store = make_store(args, out)
+    store = Path(args.store) if args.report_only and args.store else make_store(args, out)
     print(f"store {store}; {len(algos)} algos x {len(seeds)} seeds, {args.parallel} at once", flush=True)
     jobs = [(a, s) for s in seeds for a in algos]
     results: list[dict[str, Any]] = []
