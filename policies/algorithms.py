@@ -69,6 +69,10 @@ class Algorithm:
         loss, stats = self.loss(batch)
         self._opt.zero_grad(set_to_none=True)
         loss.backward()
+        return self._step(loss, stats)
+
+    def _step(self, loss: Tensor, stats: dict[str, Tensor]) -> dict[str, float]:
+        """Clip (optionally), take the optimiser step and report float metrics."""
         norm = clip_and_step(self._opt, self._params, self.grad_clip)
         out = {"loss": loss.item(), **{k: float(v) for k, v in stats.items()}}
         if norm is not None:
@@ -178,11 +182,7 @@ class GMPG(Algorithm):
             loss, stats = self._loss(batch["obs"])
             self._opt.zero_grad(set_to_none=True)
             loss.backward()
-        norm = clip_and_step(self._opt, self._params, self.grad_clip)
-        out = {"loss": loss.item(), **{k: float(v) for k, v in stats.items()}}
-        if norm is not None:
-            out["grad_norm"] = norm
-        return out
+        return self._step(loss, stats)
 
 
 ALGORITHMS = ("bc", "gmpo", "gmpg")
