@@ -27,7 +27,7 @@ from genctl.apps.distributed import gather, init_distributed
 from genctl.apps.policy import LoadedPolicy
 from genctl.apps.rollout_log import RolloutLogger
 from genctl.apps.viz import Viewer
-from genctl.envs import eval_seeds, make_env_from_info
+from genctl.envs import eval_seeds, make_env_from_info, sim_data
 from genctl.errors import GenctlError
 from genctl.fsutil import atomic_write_json
 
@@ -57,13 +57,8 @@ class Episode:
     rewards: list[float] = field(default_factory=list)
 
 
-def _mj_data(env: Any) -> Any:
-    u = env.unwrapped
-    return getattr(u, "data", None) or getattr(getattr(u, "physics", None), "data", None)
-
-
 def _warning_counts(env: Any) -> dict[int, int]:
-    data = _mj_data(env)
+    data = sim_data(env)
     if data is None or not hasattr(data, "warning"):
         return {}
     try:

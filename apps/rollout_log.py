@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from genctl.apps.viz import Viewer
+from genctl.envs import sim_data
 
 
 def maze_walls(env: Any) -> tuple[np.ndarray, np.ndarray] | None:
@@ -33,10 +34,7 @@ def maze_walls(env: Any) -> tuple[np.ndarray, np.ndarray] | None:
 
 
 def _qpos_qvel(env: Any) -> tuple[np.ndarray, np.ndarray] | None:
-    u = env.unwrapped
-    data = getattr(u, "data", None)
-    if data is None and hasattr(u, "physics"):
-        data = u.physics.data
+    data = sim_data(env)
     if data is None or not hasattr(data, "qpos"):
         return None
     return np.array(data.qpos, np.float64), np.array(data.qvel, np.float64)

@@ -14,6 +14,7 @@ from genctl.envs.registry import (
     make_env,
     make_env_from_info,
     reference_scores,
+    sim_data,
 )
 from genctl.envs.vector import EVAL_SEED_BASE, TRAIN_SEED_BASE, eval_seeds, make_vector_env, train_seeds
 
@@ -33,5 +34,6 @@ __all__ = [
     "make_expert",
     "make_vector_env",
     "reference_scores",
+    "sim_data",
     "train_seeds",
 ]

@@ -72,6 +72,14 @@ def _gym_registry() -> frozenset[str]:
     return frozenset(gym.registry)
 
 
+def sim_data(env: Any) -> Any | None:
+    """The MuJoCo ``MjData`` (qpos, qvel, warnings) of a registered env, or None for a non-MuJoCo env.
+
+    Every env the registry builds exposes it as ``env.unwrapped.data`` (the dm_control adapter forwards
+    ``physics.data`` there), so callers need no per-family lookup."""
+    return getattr(env.unwrapped, "data", None)
+
+
 def env_family(env_id: str) -> str:
     """The family of a supported id; ``GenctlError`` (with close matches) for anything else."""
     for family, pattern in _FAMILIES:
