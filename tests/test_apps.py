@@ -4,22 +4,13 @@ the fixed-rate loop counts deadline misses instead of blocking."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import genctl_ok as cli
 
 pytestmark = pytest.mark.e2e
 
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, MUJOCO_GL="egl", OMP_NUM_THREADS="1")
-    r = subprocess.run([sys.executable, "-m", "genctl", "--quiet", *args], capture_output=True, text=True, env=env,
-                       timeout=600)
-    assert r.returncode == 0, f"genctl {' '.join(args)}:\n{r.stdout}\n{r.stderr}"
-    return r
 
 
 @pytest.fixture(scope="module")

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from cli_helpers import genctl_ok as cli
 from safetensors.numpy import load_file
 
 from genctl.apps.chunking import ChunkCritic, SeqSpec
@@ -24,13 +22,6 @@ TINY = ["model.hidden=[32,32,32]", "critic.batch_size=64", "policy.batch_size=64
         "log_every=5", "eval.steps=4", "threads=1"]
 CHUNK = ["data.n_obs_steps=2", "data.horizon=4", "data.n_action_steps=2"]
 
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, MUJOCO_GL="egl", OMP_NUM_THREADS="1")
-    r = subprocess.run([sys.executable, "-m", "genctl", "--quiet", *args], capture_output=True, text=True,
-                       env=env, timeout=300)
-    assert r.returncode == 0, f"genctl {' '.join(args)} failed:\n{r.stdout}\n{r.stderr}"
-    return r
 
 
 @pytest.fixture(scope="module")

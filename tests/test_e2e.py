@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import genctl_ok as cli
 from safetensors.numpy import load_file
 
 pytestmark = pytest.mark.e2e
@@ -17,13 +18,6 @@ pytestmark = pytest.mark.e2e
 TINY = ["model.hidden=[32,32,32]", "critic.batch_size=256", "policy.batch_size=256", "critic.hidden=[64,64]",
         "log_every=10", "eval.steps=8", "threads=1"]
 
-
-def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, MUJOCO_GL="egl", OMP_NUM_THREADS="1")
-    r = subprocess.run([sys.executable, "-m", "genctl", "--quiet", *args], capture_output=True, text=True,
-                       cwd=cwd, env=env, timeout=600)
-    assert r.returncode == 0, f"genctl {' '.join(args)} failed:\n{r.stdout}\n{r.stderr}"
-    return r
 
 
 @pytest.fixture(scope="module")
