@@ -20,10 +20,10 @@ if [ ! -x .venv/bin/python ]; then
   .venv/bin/python -m pip install -q -U pip 2>&1 | grep -v "^WARNING: Location" || true
 fi
 # torch first and pinned: an unpinned torch pulls gigabytes of CUDA wheels on a CPU machine.
-if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+if ! .venv/bin/python -W ignore -c "import torch" 2>/dev/null; then
   echo "[setup] installing torch==2.13.0"
   .venv/bin/python -m pip install -q "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/python -c "import torch" || { echo "[setup] installing torch==2.13.0 failed" >&2; exit 1; }
+  .venv/bin/python -W ignore -c "import torch" || { echo "[setup] installing torch==2.13.0 failed" >&2; exit 1; }
 fi
 if ! .venv/bin/python -c "import genctl.apps, rerun, zarr, mujoco, pytest" 2>/dev/null \
    || [ pyproject.toml -nt .venv/.genctl-installed ]; then
