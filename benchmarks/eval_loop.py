@@ -1,6 +1,7 @@
 """Closed-loop speed on Hopper-v5 (not a test): raw env steps/s vs policy-in-the-loop steps/s, in the same run.
 
     .venv/bin/python benchmarks/eval_loop.py [--threads 1,2] [--steps 31,10] [--env-steps 3000] [--eval-episodes 10]
+                                             [--device cuda]
 
 Goals (issue 7): closed-loop Hopper eval with 1 env >= 500 env steps/s (GenerativeRL: 41-48), and the policy's
 share of the loop <= 50%. The policy is the reference size: ``make_generative_model("gvp", 3, 11)`` with the
@@ -14,7 +15,8 @@ Per torch thread count it measures
            and with ``--vec-envs`` envs stepped side by side (one batched policy call per control step)
 and prints steps/s, loop/raw ratio and the policy's share of the loop wall time. The policy is wrapped in a
 real run folder (a 1-step BC run on a tiny generated Hopper store), so ``LoadedPolicy`` and ``evaluate`` are the
-code ``genctl eval`` runs.
+code ``genctl eval`` runs. ``--device cuda`` puts the policy on the GPU (the sampler then replays a CUDA graph;
+each action still crosses to the host for the env step).
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ def make_run(root: Path) -> Path:
     collect(ENV, expert="random", episodes=4, noise=0.0, random_frac=1.0, workers=1, seed=0, out=store,
             overwrite=True, progress=False)
     cfg = build_config(TrainConfig, base={
-        "name": "speed", "out_dir": str(root / "runs"), "threads": 1, "data": {"store": str(store), "val_frac": 0.0},
+        "name": "speed", "out_dir": str(root / "runs"), "threads": 1, "device": "cpu", "data": {"store": str(store), "val_frac": 0.0},
         "model": {"kind": "gvp", "hidden": [512, 256, 128]}, "critic": {"steps": 0},
         "policy": {"algo": "bc", "steps": 1, "batch_size": 16, "ema_decay": None}, "eval": {"steps": 31}})
     return train(cfg, overwrite=True, progress=False)
@@ -69,7 +71,7 @@ def raw_rate(n: int, seed: int = 0) -> float:
 
 def policy_rate(policy, steps: int, n: int) -> float:
     obs = np.random.default_rng(0).standard_normal((1, policy.obs_dim)).astype(np.float32)
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator(device=policy.device).manual_seed(0)
     for _ in range(20):
         policy.act(obs, steps=steps, generator=gen)
     t0 = time.perf_counter()
@@ -83,7 +85,7 @@ def loop_rate(policy, steps: int, n: int, seed: int = 0) -> tuple[float, float]:
     from genctl.envs import make_env
 
     env = make_env(ENV)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device=policy.device).manual_seed(seed)
     obs, _ = env.reset(seed=seed)
     policy.act(obs[None].astype(np.float32), steps=steps, generator=gen)  # warm-up (trace)
     t_pol = 0.0
@@ -109,6 +111,7 @@ def main() -> None:
     ap.add_argument("--vec-envs", type=int, default=8,
                     help="also time evaluate() with this many envs in one batched policy call (1 = skip)")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--device", default="cpu", help="where the policy runs: cpu or cuda")
     args = ap.parse_args()
 
     from genctl.apps.evaluate import evaluate
@@ -118,9 +121,11 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="genctl-evalloop-") as tmp:
         run = make_run(Path(tmp))
-        policy = LoadedPolicy.from_run(run)
+        policy = LoadedPolicy.from_run(run, device=args.device)
+        where = torch.cuda.get_device_name(policy.device) if policy.device.type == "cuda" else "CPU"
         print(f"policy: {policy.meta['model']['kind']} hidden {policy.meta['model']['hidden']}, "
-              f"{count_parameters(policy.model) / 1e6:.2f} M params; env {ENV}; {args.env_steps} env steps per line")
+              f"{count_parameters(policy.model) / 1e6:.2f} M params on {where}; env {ENV}; "
+              f"{args.env_steps} env steps per line")
         for th in [int(x) for x in args.threads.split(",")]:
             torch.set_num_threads(th)
             raw = raw_rate(args.env_steps)
@@ -131,12 +136,12 @@ def main() -> None:
                 if args.eval_episodes:
                     with tempfile.TemporaryDirectory() as t2:
                         rep = evaluate(run, episodes=args.eval_episodes, envs=1, steps=st, progress=False,
-                                       out=Path(t2) / "eval.json", policy=policy)
+                                       out=Path(t2) / "eval.json", policy=policy, device=args.device)
                         ev = rep["control_rate_hz"]
                         if args.vec_envs > 1:
                             rep = evaluate(run, episodes=max(args.eval_episodes, 2 * args.vec_envs),
                                            envs=args.vec_envs, steps=st, progress=False,
-                                           out=Path(t2) / "eval.json", policy=policy)
+                                           out=Path(t2) / "eval.json", policy=policy, device=args.device)
                             evk = rep["control_rate_hz"]
                 rows.append({"threads": th, "euler_steps": st, "raw_steps_s": raw, "policy_calls_s": pol,
                              "policy_ms": 1e3 / pol, "loop_steps_s": loop, "loop_over_raw": loop / raw,

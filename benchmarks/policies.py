@@ -1,6 +1,6 @@
 """Performance figures for genctl.policies on this machine (not a test).
 
-    .venv/bin/python benchmarks/policies.py [--threads 2] [--repeat 5] [--nets ref,small]
+    .venv/bin/python benchmarks/policies.py [--threads 2] [--repeat 5] [--nets ref,small] [--device cuda]
 
 Prints, per network size (``ref`` = GenerativeRL's TemporalSpatialResidualNet 512/256/128 = 1.63 M params at
 Hopper dims |S|=11, |A|=3; ``small`` = 128/64/32, 171 k; ``tiny`` = 64/32/16, 77 k):
@@ -11,7 +11,12 @@ Hopper dims |S|=11, |A|=3; ``small`` = 128/64/32, 171 k; ``tiny`` = 64/32/16, 77
                                                             fp32 or bf16 autocast)
   sample latency, 31 Euler steps, batch 1 / 64  targets <= 1.5 ms / <= 8 ms (traced solve; eager in brackets)
 and the FLOP rate each training step achieves (counted with torch's FlopCounterMode) as a fraction of a
-dense 1024^3 float32 matmul measured in the same run. Medians of ``--repeat`` timed runs after warm-up.
+dense float32 matmul (1024^3 on CPU; 8192^3 on a GPU, and bf16 steps against a bf16 matmul) measured in the
+same run. Medians of ``--repeat`` timed runs after warm-up.
+
+``--device cuda``: the same figures on the GPU (timed with the device synchronised around each run), plus
+the GMPO step with the backbone compiled in place (``torch.compile``, what ``genctl train`` does on a GPU) and
+sampling as a replayed CUDA graph (the default for no-grad GPU solves) next to the eager solve.
 """
 
 from __future__ import annotations
@@ -33,13 +38,23 @@ OBS, ACT, BATCH = 11, 3, 4096
 NETS = {"ref": [512, 256, 128], "small": [128, 64, 32], "tiny": [64, 32, 16]}
 
 
+DEVICE = torch.device("cpu")
+
+
+def sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
+
 def timeit(fn: Callable[[], object], repeat: int, warmup: int = 2) -> float:
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeat):
+        sync()
         t0 = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -50,16 +65,18 @@ def flops_of(fn: Callable[[], object]) -> int:
     return fc.get_total_flops()
 
 
-def matmul_rate(repeat: int) -> float:
-    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+def matmul_rate(repeat: int, dtype: torch.dtype = torch.float32) -> float:
+    n = 8192 if DEVICE.type == "cuda" else 1024
+    a, b = (torch.randn(n, n, device=DEVICE).to(dtype) for _ in range(2))
     sec = timeit(lambda: a @ b, max(repeat, 5))
-    return 2 * 1024**3 / sec
+    return 2 * n**3 / sec
 
 
 def batch(n: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
-    return {"obs": torch.randn(n, OBS, generator=gen), "action": torch.rand(n, ACT, generator=gen) * 2 - 1,
-            "reward": torch.randn(n, generator=gen), "next_obs": torch.randn(n, OBS, generator=gen),
-            "terminal": (torch.rand(n, generator=gen) < 0.01).float()}
+    b = {"obs": torch.randn(n, OBS, generator=gen), "action": torch.rand(n, ACT, generator=gen) * 2 - 1,
+         "reward": torch.randn(n, generator=gen), "next_obs": torch.randn(n, OBS, generator=gen),
+         "terminal": (torch.rand(n, generator=gen) < 0.01).float()}
+    return {k: v.to(DEVICE) for k, v in b.items()}
 
 
 def report(name: str, value: float, unit: str, target: str, flops: int | None = None, sec: float | None = None,
@@ -77,23 +94,30 @@ def main() -> None:
     ap.add_argument("--nets", default="ref,small,tiny")
     ap.add_argument("--kind", default="gvp", choices=["vpsde", "gvp", "icfm"])
     ap.add_argument("--skip-gmpg", action="store_true")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     args = ap.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
+    cuda = DEVICE.type == "cuda"
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
     peak = matmul_rate(args.repeat)
-    print(f"load average at start: {os.getloadavg()} (2 cores, shared machine)")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, dense 1024^3 matmul "
-          f"{peak / 1e9:.1f} GFLOP/s, model kind {args.kind}", flush=True)
+    peak16 = matmul_rate(args.repeat, torch.bfloat16) if cuda else peak
+    print(f"load average at start: {os.getloadavg()}")
+    where = (f"{torch.cuda.get_device_name(DEVICE)}, dense 8192^3 matmul fp32 {peak / 1e12:.1f} TFLOP/s, "
+             f"bf16 {peak16 / 1e12:.1f} TFLOP/s" if cuda else
+             f"CPU, {torch.get_num_threads()} threads, dense 1024^3 matmul {peak / 1e9:.1f} GFLOP/s")
+    print(f"torch {torch.__version__}, {where}, model kind {args.kind}", flush=True)
 
-    critic = IQLCritic(OBS, ACT)
+    critic = IQLCritic(OBS, ACT).to(DEVICE)
     b = batch(BATCH, gen)
     sec = timeit(lambda: critic.update(b), args.repeat)
     report("IQL critic step @4096", 1 / sec, "it/s", ">= 30", flops_of(lambda: critic.update(b)), sec, peak)
 
     for net in args.nets.split(","):
         hidden = NETS[net]
-        model = make_generative_model(args.kind, ACT, OBS, hidden=hidden)
+        model = make_generative_model(args.kind, ACT, OBS, hidden=hidden).to(DEVICE)
         print(f"net {net} hidden={hidden}: {count_parameters(model):,} params", flush=True)
         gmpo = make_algorithm("gmpo", model, critic=critic, beta=1.0, clamp=100.0)
         sec = timeit(lambda g=gmpo: g.update(b), args.repeat)
@@ -101,31 +125,51 @@ def main() -> None:
         gmpo_amp = make_algorithm("gmpo", model, critic=critic, beta=1.0, clamp=100.0, amp=True)
         sec = timeit(lambda g=gmpo_amp: g.update(b), args.repeat)
         report("GMPO train step @4096, bf16 autocast", 1 / sec, "it/s", ">= 10",
-               flops_of(lambda g=gmpo_amp: g.update(b)), sec, peak)
+               flops_of(lambda g=gmpo_amp: g.update(b)), sec, peak16)
+        if cuda:  # what genctl train does on a GPU: the backbone compiled in place, bf16 autocast
+            compiled = make_generative_model(args.kind, ACT, OBS, hidden=hidden).to(DEVICE)
+            compiled.backbone.compile()
+            gmpo_c = make_algorithm("gmpo", compiled, critic=critic, beta=1.0, clamp=100.0, amp=True)
+            t0 = time.perf_counter()
+            gmpo_c.update(b)
+            sync()
+            print(f"  (torch.compile of the backbone: first step {time.perf_counter() - t0:.1f} s)", flush=True)
+            sec = timeit(lambda g=gmpo_c: g.update(b), args.repeat, warmup=3)
+            report("GMPO train step @4096, bf16, compiled", 1 / sec, "it/s", ">= 10",
+                   flops_of(lambda g=gmpo_amp: g.update(b)), sec, peak16)
 
         for n in (1, 64):
-            cond = torch.randn(n, OBS, generator=gen)
+            cond = torch.randn(n, OBS, generator=gen).to(DEVICE)
             lat = {}
-            for traced in (True, False):
-                model.trace_sampler = traced
-                lat[traced] = timeit(lambda c=cond, m=model: m.sample(c, steps=31), max(args.repeat, 20), warmup=3)
-            model.trace_sampler = True
+            for fast in (True, False):
+                model.trace_sampler = model.graph_sampler = fast
+                lat[fast] = timeit(lambda c=cond, m=model: m.sample(c, steps=31), max(args.repeat, 20), warmup=3)
+            model.trace_sampler = model.graph_sampler = True
+            how = "CUDA graph" if cuda else "traced"
             print(f"  {'sample 31 Euler steps, batch ' + str(n):<44s} {lat[True] * 1e3:9.3f} ms    "
-                  f"(target {'<= 1.5 ms' if n == 1 else '<= 8 ms'})  [eager {lat[False] * 1e3:.2f} ms]", flush=True)
+                  f"(target {'<= 1.5 ms' if n == 1 else '<= 8 ms'})  [{how}; eager {lat[False] * 1e3:.2f} ms]",
+                  flush=True)
+        if cuda:
+            for n in (4096,):
+                cond = torch.randn(n, OBS, generator=gen).to(DEVICE)
+                sec = timeit(lambda c=cond, m=model: m.sample(c, steps=31), max(args.repeat, 20), warmup=3)
+                print(f"  {'sample 31 Euler steps, batch ' + str(n):<44s} {sec * 1e3:9.3f} ms    [CUDA graph]",
+                      flush=True)
 
         if args.skip_gmpg:
             continue
-        behaviour = make_generative_model(args.kind, ACT, OBS, hidden=hidden)
+        behaviour = make_generative_model(args.kind, ACT, OBS, hidden=hidden).to(DEVICE)
         for exact, kl_batch, amp in ((True, None, False), (False, None, False), (True, 1024, False),
                                      (False, 1024, False), (True, None, True), (True, 1024, True)):
             gmpg = make_algorithm("gmpg", model, critic=critic, behaviour=behaviour, beta=1.0, sample_steps=10,
                                   exact_trace=exact, kl_batch=kl_batch, amp=amp)
             gmpg.update(batch(256, gen))  # warm-up at a small batch
-            sec = timeit(lambda g=gmpg: g.update(b), 1 if net == "ref" else max(1, args.repeat // 2), warmup=0)
+            slow = net == "ref" and not cuda
+            sec = timeit(lambda g=gmpg: g.update(b), 1 if slow else max(1, args.repeat // 2), warmup=0 if slow else 1)
             name = ("exact" if exact else "Hutch.") + (f", KL on {kl_batch}" if kl_batch else "") + (
                 ", bf16" if amp else "")
             report(f"GMPG iter @4096, 10 Euler, {name}", sec, "s", "<= 1 s",
-                   flops_of(lambda g=gmpg: g.update(b)) if net != "ref" else None, sec, peak)
+                   flops_of(lambda g=gmpg: g.update(b)) if not slow else None, sec, peak16 if amp else peak)
     print(f"load average at end: {os.getloadavg()}", flush=True)
 
 

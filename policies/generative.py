@@ -66,12 +66,14 @@ class GenerativeModel(nn.Module):
         self._build_config = dict(build_config or {})
         self._grids: dict[tuple, tuple[int, _Grid]] = {}
         self._traced: dict[tuple, Any] = {}
-        self.trace_sampler = True  # no-grad solves run as TorchScript traces (see _traced_solve)
+        self._graphs: dict[tuple, _GraphedSolve] = {}
+        self.trace_sampler = True  # no-grad CPU solves run as TorchScript traces (see _traced_solve)
+        self.graph_sampler = True  # no-grad CUDA solves replay a captured CUDA graph (see _graphed_solve)
 
     def __getstate__(self) -> dict[str, Any]:
         # caches are per-object (the trace references *this* backbone's tensors): never copy or pickle them
         state = dict(super().__getstate__())
-        state["_grids"], state["_traced"] = {}, {}
+        state["_grids"], state["_traced"], state["_graphs"] = {}, {}, {}
         return state
 
     def config(self) -> dict[str, Any]:
@@ -239,13 +241,45 @@ class GenerativeModel(nn.Module):
                generator: torch.Generator | None, noise: Tensor | None, inplace: bool) -> Tensor:
         grid = self._grid(steps, ref)
         x = self._initial(rows, ref, noise, generator)
-        if inplace:  # no grad: try the traced solve
-            out = self._traced_solve(cond, grid, x, solver, steps)
+        if inplace:  # no grad: replay a CUDA graph (GPU) or run the traced solve (CPU)
+            out = self._graphed_solve(cond, grid, x, solver, steps) if x.is_cuda else None
+            if out is None:
+                out = self._traced_solve(cond, grid, x, solver, steps)
             if out is not None:
                 return out
-        x, _ = integrate(self._field(cond, grid), x, steps=steps, t0=0.0, t1=self.path.t_end, solver=solver,
-                         inplace=inplace)
-        return x
+        return self._eager_solve(cond, grid, x, solver, steps, inplace)
+
+    def _eager_solve(self, cond: Tensor | None, grid: _Grid, x: Tensor, solver: str, steps: int,
+                     inplace: bool = True) -> Tensor:
+        return integrate(self._field(cond, grid), x, steps=steps, t0=0.0, t1=self.path.t_end, solver=solver,
+                         inplace=inplace)[0]
+
+    def _graphed_solve(self, cond: Tensor | None, grid: _Grid, x: Tensor, solver: str, steps: int
+                       ) -> Tensor | None:
+        """Replay the whole no-grad solve as one captured CUDA graph (None: not available, use the other paths).
+
+        On a GPU the eager solve is launch-bound at small batches (a few hundred kernels of microseconds
+        each); a replay issues them all at once with no Python and no host work per step. One graph per
+        (rows, cond width, steps, solver, dtype), captured on first use; the inputs are copied into the graph's
+        static buffers, the output is a static buffer the caller copies. The graph reads the parameters by
+        address, so in-place updates (optimiser, EMA, load_state_dict) are seen; new storage (``.to``) recaptures."""
+        if not self.graph_sampler:
+            return None
+        w = self._ref()
+        key = (x.shape[0], None if cond is None else cond.shape[-1], steps, solver, x.dtype, x.device,
+               w.data_ptr())
+        g = self._graphs.get(key)
+        if g is None:
+            try:
+                with torch.inference_mode(False), torch.no_grad():
+                    g = _GraphedSolve(self, cond, grid, x, solver, steps)
+            except Exception:  # capture is an optimisation only: fall back for good
+                self.graph_sampler = False
+                return None
+            if len(self._graphs) >= 8:
+                self._graphs.pop(next(iter(self._graphs)))
+            self._graphs[key] = g
+        return g(x, cond)
 
     def _traced_solve(self, cond: Tensor | None, grid: _Grid, x: Tensor, solver: str, steps: int
                       ) -> Tensor | None:
@@ -334,6 +368,35 @@ class GenerativeModel(nn.Module):
             x = x.to(ref.dtype)
             return self._density_solve(x, cond, grid, solver, steps, exact_trace, n_probes, generator,
                                        reverse=True, checkpoint=checkpoint)[1]
+
+
+class _GraphedSolve:
+    """A captured CUDA graph of ``GenerativeModel._eager_solve`` with static input and output buffers."""
+
+    def __init__(self, model: GenerativeModel, cond: Tensor | None, grid: _Grid, x: Tensor, solver: str,
+                 steps: int):
+        self.x_in = x.clone()
+        self.cond_in = None if cond is None else cond.clone()
+
+        def solve() -> Tensor:
+            return model._eager_solve(self.cond_in, grid, self.x_in.clone(), solver, steps)
+
+        side = torch.cuda.Stream(device=x.device)  # warm-up off the default stream, as capture requires
+        side.wait_stream(torch.cuda.current_stream(x.device))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                solve()
+        torch.cuda.current_stream(x.device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.out = solve()
+
+    def __call__(self, x: Tensor, cond: Tensor | None) -> Tensor:
+        self.x_in.copy_(x)
+        if self.cond_in is not None and cond is not None:
+            self.cond_in.copy_(cond)
+        self.graph.replay()
+        return self.out
 
 
 class _TracedSolve(nn.Module):
