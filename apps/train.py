@@ -156,7 +156,7 @@ class Trainer:
         if cfg.critic.steps > 0:
             c = cfg.critic
             self.critic = IQLCritic(self.obs_dim, self.action_dim, hidden=tuple(c.hidden), expectile=c.expectile,
-                                    gamma=c.gamma, tau=c.tau, lr=c.lr).to(self.device)
+                                    gamma=c.gamma, tau=c.tau, lr=c.lr, amp=c.amp).to(self.device)
         self.behaviour = None
         if cfg.policy.algo == "gmpg":
             self.behaviour = make_generative_model(m.kind, x_dim, cond_dim, **kw).to(self.device)
@@ -263,12 +263,14 @@ class Trainer:
         self.data.generator.set_state(torch.as_tensor(rng, dtype=torch.uint8))
 
     # ---------------------------------------------------------------- loop
-    def _update(self, stage: str, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+    def _update(self, stage: str, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
         # bf16 autocast (cfg.amp) lives inside the algorithms, which keep critic values and weights in fp32.
+        # On a GPU the metrics stay on the device (no host sync per step); see _NonFinite.
+        sync = self.device.type != "cuda"
         if stage == "critic":
             assert self.critic is not None
-            return self.critic.update(batch)
-        metrics = self.algos[stage].update(batch)
+            return self.critic.update(batch, sync=sync)
+        metrics = self.algos[stage].update(batch, sync=sync)
         if stage == "policy" and self.ema is not None:
             self.ema.update(self.policy)
         return metrics
@@ -294,25 +296,37 @@ class Trainer:
                 bar = tqdm(total=total, initial=self.stage_step, desc=f"{stage:9s}", mininterval=0.5,
                            disable=None if self.progress else True, dynamic_ncols=True, leave=True)
                 t0, n0 = time.perf_counter(), self.stage_step
+                nonfinite = _NonFinite()
                 while self.stage_step < total:
                     metrics = self._update(stage, self.data.sample(bs, windows=stage != "critic"))
                     self.stage_step += 1
                     self.global_step += 1
                     done_here += 1
-                    bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+                    nonfinite.add(metrics)
+                    log_now = self.stage_step % self.cfg.log_every == 0 or self.stage_step == total
+                    eval_now = (stage == "policy" and on_eval is not None and bool(self.cfg.eval.every)
+                                and self.stage_step % self.cfg.eval.every == 0)
+                    save_now = (self.global_step % self.cfg.ckpt_every == 0 or self.stage_step == total or eval_now
+                                or (stop_after is not None and done_here >= stop_after))
+                    if nonfinite.lazy and not (log_now or save_now):
+                        bar.update(1)  # GPU: the finiteness check waits for the next log or checkpoint step
+                        continue
+                    bad = nonfinite.check()
                     if any_rank(bool(bad), self.dist):
                         bad = bad or ["a loss on another rank"]
                         last = latest_checkpoint(self.run_dir)
+                        since = f" (checked every {self.cfg.log_every} steps on the GPU)" if nonfinite.lazy else ""
                         raise GenctlError(
-                            f"{stage} stage, step {self.stage_step}: {', '.join(bad)} became NaN/Inf; training stopped. "
-                            f"Last good checkpoint: {last or 'none'} (resume with a lower lr or grad_clip)")
+                            f"{stage} stage, step {self.stage_step}{since}: {', '.join(bad)} became NaN/Inf; "
+                            f"training stopped. Last good checkpoint: {last or 'none'} (resume with a lower lr or "
+                            f"grad_clip)")
                     bar.update(1)
-                    if logger and (self.stage_step % self.cfg.log_every == 0 or self.stage_step == total):
+                    if logger and log_now:
+                        metrics = {k: float(v) for k, v in metrics.items()}
                         its = (self.stage_step - n0) / max(time.perf_counter() - t0, 1e-9)
                         logger.log(self.global_step, {**metrics, "it_per_s": its}, stage=stage)
                         bar.set_postfix({k: f"{v:.3g}" for k, v in list(metrics.items())[:3]}, refresh=False)
-                    if (stage == "policy" and on_eval is not None and self.cfg.eval.every
-                            and self.stage_step % self.cfg.eval.every == 0):
+                    if eval_now:
                         self.save()
                         if logger:
                             logger.log(self.global_step, on_eval(self.run_dir), stage="eval")
@@ -334,6 +348,31 @@ class Trainer:
         finally:
             if logger:
                 logger.close()
+
+
+class _NonFinite:
+    """Which metrics went NaN/Inf since the last check. CPU metrics arrive as floats and are checked at once;
+    GPU metrics arrive as device tensors and are OR-ed into device flags, read only by ``check`` (one host sync
+    per log or checkpoint step instead of one per training step)."""
+
+    def __init__(self) -> None:
+        self.lazy = False
+        self._bad: list[str] = []
+        self._flags: dict[str, torch.Tensor] = {}
+
+    def add(self, metrics: dict[str, Any]) -> None:
+        for k, v in metrics.items():
+            if isinstance(v, torch.Tensor):
+                self.lazy = True
+                flag = ~torch.isfinite(v)
+                self._flags[k] = flag if k not in self._flags else self._flags[k] | flag
+            elif not math.isfinite(v):
+                self._bad.append(k)
+
+    def check(self) -> list[str]:
+        bad = self._bad + [k for k, f in self._flags.items() if bool(f)]
+        self._bad, self._flags = [], {}
+        return bad
 
 
 def default_run_name(cfg: TrainConfig) -> str:

@@ -11,8 +11,8 @@ Hopper dims |S|=11, |A|=3; ``small`` = 128/64/32, 171 k; ``tiny`` = 64/32/16, 77
                                                             fp32 or bf16 autocast)
   sample latency, 31 Euler steps, batch 1 / 64  targets <= 1.5 ms / <= 8 ms (traced solve; eager in brackets)
 and the FLOP rate each training step achieves (counted with torch's FlopCounterMode) as a fraction of a
-dense float32 matmul (1024^3 on CPU; 8192^3 on a GPU, and bf16 steps against a bf16 matmul) measured in the
-same run. Medians of ``--repeat`` timed runs after warm-up.
+dense matmul of the same precision (fp32 steps against fp32, bf16-autocast steps against bf16; 1024^3 on CPU,
+8192^3 on a GPU) measured in the same run. Medians of ``--repeat`` timed runs after warm-up.
 
 ``--device cuda``: the same figures on the GPU (timed with the device synchronised around each run), plus
 the GMPO step with the backbone compiled in place (``torch.compile``, what ``genctl train`` does on a GPU) and
@@ -103,17 +103,25 @@ def main() -> None:
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
     peak = matmul_rate(args.repeat)
-    peak16 = matmul_rate(args.repeat, torch.bfloat16) if cuda else peak
+    peak16 = matmul_rate(args.repeat, torch.bfloat16)
     print(f"load average at start: {os.getloadavg()}")
     where = (f"{torch.cuda.get_device_name(DEVICE)}, dense 8192^3 matmul fp32 {peak / 1e12:.1f} TFLOP/s, "
              f"bf16 {peak16 / 1e12:.1f} TFLOP/s" if cuda else
-             f"CPU, {torch.get_num_threads()} threads, dense 1024^3 matmul {peak / 1e9:.1f} GFLOP/s")
+             f"CPU, {torch.get_num_threads()} threads, dense 1024^3 matmul fp32 {peak / 1e9:.1f} GFLOP/s, "
+             f"bf16 {peak16 / 1e9:.1f} GFLOP/s")
     print(f"torch {torch.__version__}, {where}, model kind {args.kind}", flush=True)
 
     critic = IQLCritic(OBS, ACT).to(DEVICE)
     b = batch(BATCH, gen)
     sec = timeit(lambda: critic.update(b), args.repeat)
     report("IQL critic step @4096", 1 / sec, "it/s", ">= 30", flops_of(lambda: critic.update(b)), sec, peak)
+    critic16 = IQLCritic(OBS, ACT, amp=True).to(DEVICE)
+    sec = timeit(lambda: critic16.update(b), args.repeat)
+    report("IQL critic step @4096, bf16 autocast", 1 / sec, "it/s", ">= 30", flops_of(lambda: critic16.update(b)),
+           sec, peak16)
+    if cuda:  # as genctl train runs it on a GPU: metrics stay on the device (no host sync per step)
+        sec = timeit(lambda: critic.update(b, sync=False), args.repeat)
+        report("IQL critic step @4096, no host sync", 1 / sec, "it/s", ">= 30", None, sec, peak)
 
     for net in args.nets.split(","):
         hidden = NETS[net]
@@ -126,17 +134,20 @@ def main() -> None:
         sec = timeit(lambda g=gmpo_amp: g.update(b), args.repeat)
         report("GMPO train step @4096, bf16 autocast", 1 / sec, "it/s", ">= 10",
                flops_of(lambda g=gmpo_amp: g.update(b)), sec, peak16)
-        if cuda:  # what genctl train does on a GPU: the backbone compiled in place, bf16 autocast
-            compiled = make_generative_model(args.kind, ACT, OBS, hidden=hidden).to(DEVICE)
-            compiled.backbone.compile()
-            gmpo_c = make_algorithm("gmpo", compiled, critic=critic, beta=1.0, clamp=100.0, amp=True)
-            t0 = time.perf_counter()
-            gmpo_c.update(b)
-            sync()
-            print(f"  (torch.compile of the backbone: first step {time.perf_counter() - t0:.1f} s)", flush=True)
-            sec = timeit(lambda g=gmpo_c: g.update(b), args.repeat, warmup=3)
-            report("GMPO train step @4096, bf16, compiled", 1 / sec, "it/s", ">= 10",
-                   flops_of(lambda g=gmpo_amp: g.update(b)), sec, peak16)
+        if cuda:  # genctl train on a GPU: the backbone compiled in place, metrics kept on the device
+            sec = timeit(lambda g=gmpo: g.update(b, sync=False), args.repeat)
+            report("GMPO train step @4096, no host sync", 1 / sec, "it/s", ">= 10", None, sec, peak)
+            for amp in (False, True):
+                compiled = make_generative_model(args.kind, ACT, OBS, hidden=hidden).to(DEVICE)
+                compiled.backbone.compile()
+                gmpo_c = make_algorithm("gmpo", compiled, critic=critic, beta=1.0, clamp=100.0, amp=amp)
+                t0 = time.perf_counter()
+                gmpo_c.update(b)
+                sync()
+                print(f"  (torch.compile of the backbone: first step {time.perf_counter() - t0:.1f} s)", flush=True)
+                sec = timeit(lambda g=gmpo_c: g.update(b, sync=False), args.repeat, warmup=3)
+                report(f"GMPO step @4096, {'bf16' if amp else 'fp32'}, compiled, no sync", 1 / sec, "it/s", ">= 10",
+                       None, sec, peak16 if amp else peak)
 
         for n in (1, 64):
             cond = torch.randn(n, OBS, generator=gen).to(DEVICE)
@@ -149,7 +160,18 @@ def main() -> None:
             print(f"  {'sample 31 Euler steps, batch ' + str(n):<44s} {lat[True] * 1e3:9.3f} ms    "
                   f"(target {'<= 1.5 ms' if n == 1 else '<= 8 ms'})  [{how}; eager {lat[False] * 1e3:.2f} ms]",
                   flush=True)
-        if cuda:
+        if cuda:  # the graph of a torch.compile'd network step (GenerativeModel.compile_sampler)
+            model.compile_sampler = True
+            for n in (1, 64):
+                cond = torch.randn(n, OBS, generator=gen).to(DEVICE)
+                t0 = time.perf_counter()
+                model.sample(cond, steps=31)
+                sync()
+                first = time.perf_counter() - t0
+                sec = timeit(lambda c=cond, m=model: m.sample(c, steps=31), max(args.repeat, 20), warmup=3)
+                print(f"  {'sample 31 Euler steps, batch ' + str(n):<44s} {sec * 1e3:9.3f} ms    "
+                      f"[CUDA graph of the compiled step; first call {first:.1f} s]", flush=True)
+            model.compile_sampler = False
             for n in (4096,):
                 cond = torch.randn(n, OBS, generator=gen).to(DEVICE)
                 sec = timeit(lambda c=cond, m=model: m.sample(c, steps=31), max(args.repeat, 20), warmup=3)

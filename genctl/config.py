@@ -58,6 +58,8 @@ class CriticConfig(_Strict):
     expectile: float = Field(0.7, gt=0.0, lt=1.0)
     gamma: float = Field(0.99, gt=0.0, le=1.0)
     tau: float = Field(0.005, gt=0.0, le=1.0)
+    amp: bool = Field(False, description="bf16 autocast of the critic networks (losses and weights stay fp32); "
+                                         "~3x faster on an AVX512-BF16 CPU")
 
 
 class PolicyConfig(_Strict):

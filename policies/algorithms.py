@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from .critic import IQLCritic
 from .generative import GenerativeModel
-from .optim import clip_and_step, make_adam
+from .optim import clip_and_step, make_adam, metrics_out
 from .solvers import check_solver
 
 
@@ -40,7 +40,8 @@ def frozen(*modules: nn.Module | None) -> Iterator[None]:
 
 
 class Algorithm:
-    """Base: one Adam on the policy, optional grad-norm clipping, ``update`` -> float metrics.
+    """Base: one Adam on the policy, optional grad-norm clipping, ``update`` -> metrics (floats; with
+    ``sync=False`` detached 0-dim tensors, so a GPU loop is not stalled by a host sync every step).
 
     ``amp``: run the generative networks under bfloat16 autocast (matmuls in bf16; weights, optimizer, solver
     state, log-determinants, critic values and loss reductions stay fp32). On CPUs with AVX512-BF16 a bf16
@@ -65,19 +66,19 @@ class Algorithm:
         device = self._params[0].device.type if self._params else "cpu"
         return torch.autocast(device, dtype=torch.bfloat16, enabled=self.amp)
 
-    def update(self, batch: dict[str, Tensor]) -> dict[str, float]:
+    def update(self, batch: dict[str, Tensor], *, sync: bool = True) -> dict[str, Any]:
         loss, stats = self.loss(batch)
         self._opt.zero_grad(set_to_none=True)
         loss.backward()
-        return self._step(loss, stats)
+        return self._step(loss, stats, sync)
 
-    def _step(self, loss: Tensor, stats: dict[str, Tensor]) -> dict[str, float]:
-        """Clip (optionally), take the optimiser step and report float metrics."""
+    def _step(self, loss: Tensor, stats: dict[str, Tensor], sync: bool) -> dict[str, Any]:
+        """Clip (optionally), take the optimiser step and report the metrics."""
         norm = clip_and_step(self._opt, self._params, self.grad_clip)
-        out = {"loss": loss.item(), **{k: float(v) for k, v in stats.items()}}
+        out = {"loss": loss, **stats}
         if norm is not None:
             out["grad_norm"] = norm
-        return out
+        return metrics_out(out, sync)
 
 
 class BC(Algorithm):
@@ -177,12 +178,12 @@ class GMPG(Algorithm):
         return loss, {"q_mean": q.detach().mean(), "kl_bits_per_dim": kl_bits.detach().mean(),
                       "log_pi": log_pi.detach().mean(), "log_mu": log_mu.detach().mean()}
 
-    def update(self, batch: dict[str, Tensor]) -> dict[str, float]:
+    def update(self, batch: dict[str, Tensor], *, sync: bool = True) -> dict[str, Any]:
         with frozen(self.critic, self.behaviour):  # backward (and checkpoint recompute) inside
             loss, stats = self._loss(batch["obs"])
             self._opt.zero_grad(set_to_none=True)
             loss.backward()
-        return self._step(loss, stats)
+        return self._step(loss, stats, sync)
 
 
 ALGORITHMS = ("bc", "gmpo", "gmpg")

@@ -8,13 +8,15 @@ layer for both members).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from .nets import EnsembleMLP, mlp
-from .optim import make_adam
+from .optim import make_adam, metrics_out
 
 
 def expectile_loss(u: Tensor, expectile: float) -> Tensor:
@@ -24,11 +26,17 @@ def expectile_loss(u: Tensor, expectile: float) -> Tensor:
 
 
 class IQLCritic(nn.Module):
-    """Twin Q(s, a) on cat[a, s], V(s); ReLU MLPs with ``hidden`` widths. Owns one Adam for Q and one for V."""
+    """Twin Q(s, a) on cat[a, s], V(s); ReLU MLPs with ``hidden`` widths. Owns one Adam for Q and one for V.
+
+    ``amp``: the networks' forward and backward passes in ``update`` run under bfloat16 autocast; their outputs
+    are cast back to fp32 before the TD targets, residuals and losses, and weights and optimiser state stay
+    fp32 (about 3x faster on an AVX512-BF16 CPU). ``q``/``v`` called outside ``update`` stay fp32."""
 
     def __init__(self, obs_dim: int, action_dim: int, *, hidden: Sequence[int] = (256, 256),
-                 expectile: float = 0.7, gamma: float = 0.99, tau: float = 0.005, lr: float = 3e-4):
+                 expectile: float = 0.7, gamma: float = 0.99, tau: float = 0.005, lr: float = 3e-4,
+                 amp: bool = False):
         super().__init__()
+        self.amp = bool(amp)
         if not 0.0 < expectile < 1.0:
             raise ValueError(f"expectile must lie in (0, 1), got {expectile}")
         self.obs_dim, self.action_dim = obs_dim, action_dim
@@ -43,39 +51,45 @@ class IQLCritic(nn.Module):
     def q_both(self, obs: Tensor, act: Tensor, *, target: bool = False) -> Tensor:
         """Both online (or target) Q values, (2, B)."""
         net = self.q_target if target else self.q_net
-        return net(torch.cat([act, obs], dim=-1)).squeeze(-1)
+        return net(torch.cat([act, obs], dim=-1)).squeeze(-1).float()
 
     def q(self, obs: Tensor, act: Tensor) -> Tensor:
         """min of the twin *online* Q networks (what GMPO's weights and GMPG's objective use), (B,)."""
         return self.q_both(obs, act).amin(0)
 
     def v(self, obs: Tensor) -> Tensor:
-        return self.v_net(obs).squeeze(-1)
+        return self.v_net(obs).squeeze(-1).float()
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return dict(self._opts)
 
-    def update(self, batch: dict[str, Tensor]) -> dict[str, float]:
+    def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.amp)
+
+    def update(self, batch: dict[str, Tensor], *, sync: bool = True) -> dict[str, Any]:
+        """One IQL step; metrics as floats, or (``sync=False``) as detached 0-dim tensors with no host sync."""
         obs, act, next_obs = batch["obs"], batch["action"], batch["next_obs"]
         reward, terminal = batch["reward"].reshape(-1), batch["terminal"].reshape(-1).to(obs.dtype)
-        with torch.no_grad():
+        with torch.no_grad(), self._autocast(obs.device):
             q_t = self.q_both(obs, act, target=True).amin(0)
             next_v = self.v(next_obs)
-        v = self.v(obs)
+        with self._autocast(obs.device):
+            v = self.v(obs)
         v_loss = expectile_loss(q_t - v, self.expectile)
         self._opts["v"].zero_grad(set_to_none=True)
         v_loss.backward()
         self._opts["v"].step()
 
         y = reward + self.gamma * (1.0 - terminal) * next_v
-        q = self.q_both(obs, act)
+        with self._autocast(obs.device):
+            q = self.q_both(obs, act)
         q_loss = 0.5 * (q - y).square().mean(1).sum()  # 1/2 (MSE(Q1, y) + MSE(Q2, y))
         self._opts["q"].zero_grad(set_to_none=True)
         q_loss.backward()
         self._opts["q"].step()
         self.polyak()
-        return {"q_loss": q_loss.item(), "v_loss": v_loss.item(), "q_mean": q.detach().mean().item(),
-                "v_mean": v.detach().mean().item()}
+        return metrics_out({"q_loss": q_loss, "v_loss": v_loss, "q_mean": q.detach().mean(),
+                            "v_mean": v.detach().mean()}, sync)
 
     @torch.no_grad()
     def polyak(self) -> None:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 
 def make_adam(params: Iterable[nn.Parameter], lr: float) -> torch.optim.Adam:
@@ -17,10 +18,22 @@ def make_adam(params: Iterable[nn.Parameter], lr: float) -> torch.optim.Adam:
         return torch.optim.Adam(params, lr=lr, foreach=True)
 
 
-def clip_and_step(opt: torch.optim.Optimizer, params: list[nn.Parameter], grad_clip: float | None) -> float | None:
-    """Optional global grad-norm clipping, then the optimizer step. Returns the pre-clip norm when clipping."""
+def clip_and_step(opt: torch.optim.Optimizer, params: list[nn.Parameter], grad_clip: float | None
+                  ) -> Tensor | None:
+    """Optional global grad-norm clipping, then the optimizer step. Returns the pre-clip norm (a 0-dim tensor on
+    the parameters' device, so no host sync) when clipping."""
     norm = None
     if grad_clip is not None:
-        norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip, foreach=True))
+        norm = torch.nn.utils.clip_grad_norm_(params, grad_clip, foreach=True).detach()
     opt.step()
     return norm
+
+
+def metrics_out(values: dict[str, Tensor], sync: bool) -> dict[str, Any]:
+    """An update's metrics: Python floats (``sync``, one host sync) or detached 0-dim tensors (no sync: a GPU
+    training loop reads them only when it logs)."""
+    out = {k: v.detach() for k, v in values.items()}
+    if not sync:
+        return out
+    host = torch.stack([v.float() for v in out.values()]).tolist() if out else []
+    return dict(zip(out, host, strict=True))

@@ -62,3 +62,17 @@ def test_realtime_counts_deadline_misses(trained):
     cli("run", str(run), "--hz", "20", "--max-steps", "10")
     rep = json.loads((run / "realtime.json").read_text())
     assert rep["deadline_misses"] <= 2 and abs(rep["hz_achieved"] - 20) < 5
+
+
+def test_nonfinite_checker_reads_device_flags_only_when_asked() -> None:
+    import torch
+
+    from genctl.apps.train import _NonFinite
+
+    nf = _NonFinite()
+    nf.add({"loss": 1.0, "q": float("nan")})
+    assert not nf.lazy and nf.check() == ["q"] and nf.check() == []
+    nf.add({"loss": torch.tensor(1.0), "q": torch.tensor(2.0)})
+    nf.add({"loss": torch.tensor(float("inf")), "q": torch.tensor(3.0)})
+    nf.add({"loss": torch.tensor(0.5), "q": torch.tensor(3.0)})  # a later finite value does not clear the flag
+    assert nf.lazy and nf.check() == ["loss"] and nf.check() == []

@@ -82,11 +82,16 @@ def test_cuda_matches_cpu_density_and_gmpg_runs_in_bf16() -> None:
     assert all(p.device.type == "cuda" and torch.isfinite(p).all() for p in gpu.parameters())
 
 
-def test_train_and_eval_on_cuda_through_the_cli(tmp_path: Path) -> None:
-    """``genctl train device=cuda`` (bf16 autocast + compiled backbone by default), eval on the GPU, and the
-    checkpoint gives the same actions when loaded on the CPU."""
-    store = tmp_path / "hopper.zarr"
-    cli("collect", "Hopper-v5", "--expert", "random", "--episodes", "6", "--seed", "0", "-o", str(store))
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("data") / "hopper.zarr"
+    cli("collect", "Hopper-v5", "--expert", "random", "--episodes", "6", "--seed", "0", "-o", str(out))
+    return out
+
+
+def test_train_and_eval_on_cuda_through_the_cli(store: Path, tmp_path: Path) -> None:
+    """``genctl train device=cuda`` (compiled backbone by default), eval on the GPU, and the checkpoint gives the
+    same actions when loaded on the CPU."""
     cli("train", f"data.store={store}", f"out_dir={tmp_path}", "name=g", "device=cuda", "critic.steps=30",
         "policy.steps=30", "policy.algo=gmpo", "model.hidden=[64,64,64]", "critic.batch_size=512",
         "policy.batch_size=512", "log_every=10", "eval.steps=8")
@@ -107,3 +112,33 @@ def test_train_and_eval_on_cuda_through_the_cli(tmp_path: Path) -> None:
     a_g = on_gpu.model.sample(on_gpu._cond(obs), steps=8, noise=noise.to(CUDA)).cpu()
     a_c = on_cpu.model.sample(on_cpu._cond(obs), steps=8, noise=noise)
     torch.testing.assert_close(a_g, a_c, rtol=1e-4, atol=1e-4)
+
+
+def test_nan_on_cuda_stops_the_run_and_no_checkpoint_holds_nan_cli(store: Path, tmp_path: Path) -> None:
+    """On the GPU the metrics stay on the device and are checked at log/checkpoint steps only."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.numpy import load_file
+
+    args = [sys.executable, "-m", "genctl", "--quiet", "train", f"data.store={store}", f"out_dir={tmp_path}",
+            "name=nan", "device=cuda", "compile=false", "critic.steps=5", "policy.steps=300", "policy.lr=1e12",
+            "policy.algo=bc", "ckpt_every=7", "log_every=5", "policy.ema_decay=null", "model.hidden=[32,32]",
+            "critic.batch_size=256", "policy.batch_size=256"]
+    r = subprocess.run(args, capture_output=True, text=True, env=dict(os.environ, MUJOCO_GL="egl"), timeout=600)
+    assert r.returncode == 2, r.stderr
+    assert "became NaN/Inf" in r.stderr and "checked every 5 steps on the GPU" in r.stderr, r.stderr
+    for ck in sorted((tmp_path / "nan" / "checkpoints").glob("step-*")):
+        for k, v in load_file(str(ck / "policy.safetensors")).items():
+            assert np.all(np.isfinite(v)), f"{ck.name}/{k} holds NaN/Inf"
+
+
+def test_graph_of_compiled_step_equals_eager_solve() -> None:
+    torch.manual_seed(3)
+    model = make_generative_model("vpsde", 3, 11, hidden=[64, 32, 16]).to(CUDA)  # noise prediction
+    model.compile_sampler = True
+    cond, noise = torch.randn(4, 11, device=CUDA), torch.randn(4, 3, device=CUDA)
+    fast, slow = _pair(model, cond, 8, "heun", noise)
+    torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-4)
+    assert model.graph_sampler and any(k[-1] for k in model._graphs), "no graph of the compiled step was made"

@@ -107,6 +107,34 @@ def test_critic_learns_toy_values(toy: dict) -> None:
     assert (critic.v(s) - 0.4).abs().max() < 0.15  # the 0.7-expectile of a 50/50 mix of -1 and +1
 
 
+def test_critic_in_bf16_autocast_learns_the_same_toy_values() -> None:
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    critic = IQLCritic(1, 1, hidden=(64, 64), lr=3e-3, amp=True)
+    for _ in range(400):
+        m = critic.update(toy_batch(256, gen))
+    assert all(isinstance(v, float) for v in m.values())
+    assert all(p.dtype == torch.float32 for p in critic.parameters())
+    s = torch.zeros(3, 1)
+    q = critic.q(s, torch.tensor([[-1.0], [0.0], [1.0]]))
+    assert q.dtype == torch.float32
+    assert abs(q[0].item() + 1) < 0.15 and abs(q[2].item() - 1) < 0.15 and q[0] < q[1] < q[2]
+    assert (critic.v(s) - 0.4).abs().max() < 0.15
+
+
+def test_update_without_sync_returns_device_tensors_with_the_same_values() -> None:
+    gen = torch.Generator().manual_seed(1)
+    b = toy_batch(64, gen)
+    c1, c2 = IQLCritic(1, 1, hidden=(8, 8)), IQLCritic(1, 1, hidden=(8, 8))
+    c2.load_state_dict(c1.state_dict())
+    floats, lazy = c1.update(b), c2.update(b, sync=False)
+    assert set(floats) == set(lazy) and all(isinstance(v, torch.Tensor) and v.dim() == 0 for v in lazy.values())
+    assert all(abs(floats[k] - lazy[k].item()) < 1e-6 for k in floats)
+    model = make_generative_model("gvp", 1, 1, hidden=[8, 8])
+    out = make_algorithm("bc", model, grad_clip=1.0).update(b, sync=False)
+    assert set(out) == {"loss", "grad_norm"} and all(isinstance(v, torch.Tensor) for v in out.values())
+
+
 def test_bc_stays_bimodal(toy: dict) -> None:
     assert 0.4 < frac_good(toy["bc"], toy["gen"]) < 0.6
 
