@@ -96,7 +96,7 @@ class Trainer:
         self.device = pick_device(cfg.device, self.dist.local_rank)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.amp = cfg.amp if cfg.amp is not None else self.device.type == "cuda"
+        self.amp = bool(cfg.amp)  # None = off on every device (see TrainConfig.amp for the measurements)
         seed_everything(cfg.seed)
         if not cfg.data.store:
             raise ConfigError("data.store is empty: pass data.store=PATH/TO/STORE.zarr")
@@ -161,8 +161,7 @@ class Trainer:
         if cfg.policy.algo == "gmpg":
             self.behaviour = make_generative_model(m.kind, x_dim, cond_dim, **kw).to(self.device)
         self.ema = EMA(self.policy, cfg.policy.ema_decay) if cfg.policy.ema_decay else None
-        compile_ = cfg.compile if cfg.compile is not None else self.device.type == "cuda"
-        if compile_:  # in place (Module.compile): parameter names, hence checkpoints, are unchanged
+        if cfg.compile:  # in place (Module.compile): parameter names, hence checkpoints, are unchanged
             for net in (self.policy.backbone, getattr(self.behaviour, "backbone", None)):
                 if net is not None:
                     net.compile()

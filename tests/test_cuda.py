@@ -90,10 +90,10 @@ def store(tmp_path_factory) -> Path:
 
 
 def test_train_and_eval_on_cuda_through_the_cli(store: Path, tmp_path: Path) -> None:
-    """``genctl train device=cuda`` (compiled backbone by default), eval on the GPU, and the checkpoint gives the
-    same actions when loaded on the CPU."""
-    cli("train", f"data.store={store}", f"out_dir={tmp_path}", "name=g", "device=cuda", "critic.steps=30",
-        "policy.steps=30", "policy.algo=gmpo", "model.hidden=[64,64,64]", "critic.batch_size=512",
+    """``genctl train device=cuda`` (compiled backbone, bf16 autocast), eval on the GPU, and the checkpoint gives
+    the same actions when loaded on the CPU."""
+    cli("train", f"data.store={store}", f"out_dir={tmp_path}", "name=g", "device=cuda", "compile=true", "amp=true",
+        "critic.steps=30", "policy.steps=30", "policy.algo=gmpo", "model.hidden=[64,64,64]", "critic.batch_size=512",
         "policy.batch_size=512", "log_every=10", "eval.steps=8")
     run = tmp_path / "g"
     meta = json.loads(next(run.glob("checkpoints/*/meta.json")).read_text())
