@@ -73,7 +73,10 @@ class Data:
     def sample(self, batch_size: int, *, windows: bool = False) -> dict[str, torch.Tensor]:
         n = self.windows.n if windows and self.windows is not None else self.n
         idx = torch.randint(n, (batch_size,), generator=self.generator, device="cpu")
-        idx = idx.to(next(iter(self.tensors.values())).device, non_blocking=True)
+        device = next(iter(self.tensors.values())).device
+        if device.type == "cuda":  # from page-locked memory the copy is queued, not waited for (no sync per step)
+            idx = idx.pin_memory()
+        idx = idx.to(device, non_blocking=True)
         if windows and self.windows is not None:
             return self.windows.gather(idx)
         return {k: v.index_select(0, idx) for k, v in self.tensors.items()}
