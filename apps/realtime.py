@@ -7,9 +7,11 @@ current chunk (``late="chunk"``; single-step policies fall back to hold).
 
 The policy thread is given the last ``n_obs_steps`` observations (the reset observation repeated at episode
 start) and publishes the whole predicted chunk of ``horizon`` actions. The chunk predicted from the observation
-of tick k holds the actions for ticks k, k+1, ...: on time, tick k applies its first action; with
-``late="chunk"`` a later tick j that has no fresher chunk applies action j - k of it (while j - k < horizon and
-the chunk belongs to the current episode), and only then holds.
+of tick k holds the actions for ticks k, k+1, ...: it is executed open loop for ``n_action_steps`` ticks (the
+run's ``data.n_action_steps``, as ``genctl eval`` does; 1 = replan every tick), and the observation after the
+last of them is submitted for the next chunk. A tick whose chunk has not arrived yet is a deadline miss; with
+``late="chunk"`` it applies action j - k of the newest chunk it has (while j - k < horizon and the chunk
+belongs to the current episode), and only then holds.
 """
 
 from __future__ import annotations
@@ -71,12 +73,17 @@ class _PolicyThread(threading.Thread):
 
 
 def run_realtime(run: str | Path, *, hz: float, episodes: int = 1, late: str = "hold", solver: str | None = None,
-                 steps: int | None = None, seed: int = 0, max_steps: int | None = None) -> dict[str, Any]:
+                 steps: int | None = None, seed: int = 0, max_steps: int | None = None,
+                 n_action_steps: int | None = None) -> dict[str, Any]:
     if hz <= 0:
         raise GenctlError(f"--hz must be > 0 (got {hz})")
     if late not in ("hold", "chunk"):
         raise GenctlError(f"--late must be hold or chunk (got {late!r})")
     policy = LoadedPolicy.from_run(run)
+    k = policy.n_action_steps if n_action_steps is None else n_action_steps
+    if not 1 <= k <= policy.horizon:
+        raise GenctlError(f"--n-action-steps must be between 1 and the policy's horizon ({policy.horizon} "
+                          f"actions per call), got {k}")
     if policy.env_info is None:
         raise GenctlError(f"{run}: the training store recorded no env")
     env = make_env_from_info(policy.env_info)
@@ -97,6 +104,7 @@ def run_realtime(run: str | Path, *, hz: float, episodes: int = 1, late: str = "
             hist = deque([obs.astype(np.float32)] * policy.n_obs_steps, maxlen=policy.n_obs_steps)
             sid += 1
             ep_first = obs_id = sid
+            submitted = {sid: 0}  # submission id -> the episode tick whose observation it holds
             worker.submit(np.stack(hist), obs_id)
             next_tick = time.perf_counter()
             while True:
@@ -104,12 +112,12 @@ def run_realtime(run: str | Path, *, hz: float, episodes: int = 1, late: str = "
                 chunk, aid = worker.latest()
                 if worker.error is not None:
                     raise worker.error
-                if chunk is not None and aid == obs_id:
-                    last = chunk[0]
+                lag = n - submitted[aid] if chunk is not None and aid >= ep_first else None
+                if lag is not None and aid == obs_id:
+                    last = chunk[lag]  # on time: action `lag` of the chunk being executed (lag < k <= horizon)
                 else:
                     misses += 1  # policy late for this observation: next action of the current chunk, or hold
-                    lag = obs_id - aid
-                    if late == "chunk" and chunk is not None and aid >= ep_first and 0 < lag < len(chunk):
+                    if late == "chunk" and lag is not None and 0 < lag < len(chunk):
                         last = chunk[lag]
                         from_chunk += 1
                 obs, r, term, trunc, info = env.step(last)
@@ -118,9 +126,11 @@ def run_realtime(run: str | Path, *, hz: float, episodes: int = 1, late: str = "
                 ret += float(r)
                 success |= bool(info.get("success", False))
                 hist.append(obs.astype(np.float32))
-                sid += 1
-                obs_id = sid
-                worker.submit(np.stack(hist), obs_id)
+                if n - submitted[obs_id] >= k:  # the chunk's k actions are done: replan from this observation
+                    sid += 1
+                    obs_id = sid
+                    submitted[sid] = n
+                    worker.submit(np.stack(hist), obs_id)
                 if term or trunc or (max_steps and n >= max_steps):
                     break
                 delay = next_tick - time.perf_counter()
@@ -140,6 +150,7 @@ def run_realtime(run: str | Path, *, hz: float, episodes: int = 1, late: str = "
     report = {"hz_target": hz, "hz_achieved": ticks / wall if wall else 0.0, "ticks": ticks,
               "deadline_misses": misses, "miss_rate": misses / max(ticks, 1), "late_policy": late,
               "actions_from_chunk": from_chunk, "n_obs_steps": policy.n_obs_steps, "horizon": policy.horizon,
+              "n_action_steps": k, "policy_calls": len(worker.latencies),
               "latency_ms": {"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99))},
               "episodes": eps}
     run_dir = Path(run) if (Path(run) / "config.yaml").exists() else policy.ck.path.parent.parent

@@ -119,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--solver", choices=["euler", "heun", "midpoint"])
     p.add_argument("--steps", type=int)
     p.add_argument("--max-steps", type=int, help="stop each episode after N control ticks")
+    p.add_argument("--n-action-steps", type=int, metavar="N",
+                   help="actions of each predicted chunk executed before replanning (default: the run's "
+                        "data.n_action_steps; 1 = replan every tick)")
 
     p = sub.add_parser("plot", help="PNG learning curves and action-sample distributions of a run")
     p.add_argument("run", help="run folder")
@@ -235,7 +238,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from genctl.apps.realtime import run_realtime
 
     r = run_realtime(args.run, hz=args.hz, episodes=args.episodes, late=args.late, solver=args.solver,
-                     steps=args.steps, max_steps=args.max_steps)
+                     steps=args.steps, max_steps=args.max_steps, n_action_steps=args.n_action_steps)
     print(f"target {r['hz_target']:.1f} Hz, achieved {r['hz_achieved']:.1f} Hz over {r['ticks']} ticks; "
           f"deadline misses {r['deadline_misses']} ({100 * r['miss_rate']:.1f}%); policy p50 "
           f"{r['latency_ms']['p50']:.2f} ms p99 {r['latency_ms']['p99']:.2f} ms")

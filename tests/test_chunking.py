@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +121,18 @@ def test_chunked_train_eval_receding_horizon(store: Path, tmp_path: Path) -> Non
     for e in ("/ep_000/action/predicted_chunk", "/ep_000/action/predicted_chunk/executed",
               "/ep_000/action_space/candidates", "/ep_001/action/predicted_chunk"):
         assert e in ents, f"{e} missing from {sorted(ents)}"
+
+    # real time: each chunk is executed for n_action_steps ticks before replanning, as in eval
+    cli("run", str(run), "--hz", "50", "--max-steps", "12")
+    rt = json.loads((run / "realtime.json").read_text())
+    assert rt["n_action_steps"] == 2 and rt["ticks"] == 12 and rt["deadline_misses"] <= 2
+    assert rt["policy_calls"] in (6, 7)  # submissions at ticks 0, 2, ..., 10 (and 12, if answered before the end)
+    cli("run", str(run), "--hz", "50", "--max-steps", "12", "--n-action-steps", "1")
+    rt = json.loads((run / "realtime.json").read_text())
+    assert rt["n_action_steps"] == 1 and rt["policy_calls"] >= 11
+    bad = subprocess.run([sys.executable, "-m", "genctl", "run", str(run), "--hz", "50", "--n-action-steps", "5"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "--n-action-steps must be between 1" in bad.stderr
 
     from genctl.apps.policy import LoadedPolicy
 
