@@ -16,7 +16,11 @@ With the residual backbone the tangents are forward-mode JVPs computed beside th
 
 from __future__ import annotations
 
+import copy
+import itertools
+import json
 import math
+import weakref
 from typing import Any
 
 import torch
@@ -29,11 +33,15 @@ from .solvers import Field, check_solver, half_step_times, integrate
 PREDICTIONS = ("velocity", "noise")
 
 # torch.jit.trace registers every traced graph in TorchScript's process-wide compilation unit, which is never
-# freed (~1 MB per unrolled solver step, e.g. ~36 MB for a 32-step solve). A long-lived process that builds many
-# models (evaluation during training, soak runs, notebooks) would grow without bound, so tracing stops once
-# this many solver steps have been traced in the process; later solves run eagerly (same results, slower).
+# freed (~1 MB per unrolled solver step, e.g. ~36 MB for a 32-step solve). Traces are therefore shared by every
+# model of one architecture (see _SharedTrace), so a long-lived process that builds many models (evaluation
+# during training, soak runs, notebooks) traces each (architecture, steps, solver) once; as a last bound, no new
+# trace is made once this many solver steps have been traced (later solves run eagerly: same results, slower).
 MAX_TRACED_STEPS_PER_PROCESS = 256
 _traced_steps = 0
+_shared_traces: dict[tuple, _SharedTrace] = {}
+_trace_tokens = itertools.count(1)
+_backbone_tokens: weakref.WeakKeyDictionary[nn.Module, int] = weakref.WeakKeyDictionary()  # never copied
 
 
 class _Grid:
@@ -65,7 +73,6 @@ class GenerativeModel(nn.Module):
         self.action_dim, self.cond_dim = int(action_dim), int(cond_dim)
         self._build_config = dict(build_config or {})
         self._grids: dict[tuple, tuple[int, _Grid]] = {}
-        self._traced: dict[tuple, Any] = {}
         self._graphs: dict[tuple, _GraphedSolve] = {}
         self.trace_sampler = True  # no-grad CPU solves run as TorchScript traces (see _traced_solve)
         self.graph_sampler = True  # no-grad CUDA solves replay a captured CUDA graph (see _graphed_solve)
@@ -74,7 +81,7 @@ class GenerativeModel(nn.Module):
     def __getstate__(self) -> dict[str, Any]:
         # caches are per-object (the trace references *this* backbone's tensors): never copy or pickle them
         state = dict(super().__getstate__())
-        state["_grids"], state["_traced"], state["_graphs"] = {}, {}, {}
+        state["_grids"], state["_graphs"] = {}, {}
         return state
 
     def config(self) -> dict[str, Any]:
@@ -288,17 +295,18 @@ class GenerativeModel(nn.Module):
 
         At batch 1 a step is ~50 tiny ops whose eager dispatch (~3-5 us each) is the whole cost; the trace
         unrolls the loop (grid indices and velocity coefficients become constants) and runs it from C++,
-        ~3-4x faster. It shares the backbone's parameter tensors, so in-place updates (optimiser, EMA,
-        load_state_dict) stay visible; a move to new storage (``.to``) retraces."""
+        ~3-4x faster. One trace serves every model of the same architecture (``_SharedTrace``); in-place
+        weight updates (optimiser, EMA, load_state_dict) are picked up before the next solve."""
         bb = self.backbone
         if not (self.trace_sampler and isinstance(bb, ResidualMLPBackbone)):
             return None
         ttab, sproj = bb.prepare(grid.temb, cond)
         sproj = sproj.expand(x.shape[0], -1) if sproj.dim() == 1 else sproj
         w = bb.out.weight
-        key = (steps, solver, w.device, w.dtype, w.data_ptr())
-        fn = self._traced.get(key)
-        if fn is None:
+        key = (type(bb).__name__, tuple(tuple(p.shape) for p in bb.parameters()), self.prediction,
+               json.dumps(self.path.config(), sort_keys=True), steps, solver, w.device, w.dtype)
+        shared = _shared_traces.get(key)
+        if shared is None:
             global _traced_steps
             if _traced_steps + steps > MAX_TRACED_STEPS_PER_PROCESS:
                 self.trace_sampler = False
@@ -306,15 +314,12 @@ class GenerativeModel(nn.Module):
             _traced_steps += steps
             try:
                 with torch.inference_mode(False), torch.no_grad():
-                    fn = torch.jit.trace(_TracedSolve(self, grid, solver, steps),
-                                         (x.clone(), ttab.clone(), sproj.clone()), check_trace=False)
+                    shared = _SharedTrace(self, grid, solver, steps, x.clone(), ttab.clone(), sproj.clone())
             except Exception:  # tracing is an optimisation only
                 self.trace_sampler = False
                 return None
-            if len(self._traced) >= 8:
-                self._traced.clear()
-            self._traced[key] = fn
-        return fn(x, ttab, sproj)
+            _shared_traces[key] = shared
+        return shared(bb, x, ttab, sproj)
 
     def _density_solve(self, start: Tensor, cond: Tensor | None, grid: _Grid, solver: str, steps: int,
                        exact: bool, n_probes: int, generator: torch.Generator | None, reverse: bool,
@@ -416,12 +421,43 @@ class _GraphedSolve:
         return self.out
 
 
+class _SharedTrace:
+    """One traced no-grad solve per (architecture, path, steps, solver, dtype, device) in the process.
+
+    The trace runs on its own copy of the weights. Before each solve the calling backbone is compared with the
+    one whose weights the copy holds (a per-object token, never reused nor copied, and the parameters' version
+    counters, which every in-place write through the parameter bumps: optimiser steps, EMA, load_state_dict; a
+    write through ``p.data`` is not seen); if it differs, its weights are copied in (one fused copy, ~6.5 MB for
+    the reference net). A deployed policy or an eval loop therefore copies once and then only runs the trace."""
+
+    def __init__(self, model: GenerativeModel, grid: _Grid, solver: str, steps: int, x: Tensor, ttab: Tensor,
+                 sproj: Tensor):
+        self.backbone = copy.deepcopy(model.backbone).requires_grad_(False)
+        self.params = list(self.backbone.parameters())
+        self.fn = torch.jit.trace(_TracedSolve(model, grid, solver, steps, backbone=self.backbone),
+                                  (x, ttab, sproj), check_trace=False)
+        self.stamp: tuple | None = None
+
+    def __call__(self, bb: nn.Module, x: Tensor, ttab: Tensor, sproj: Tensor) -> Tensor:
+        src = list(bb.parameters())
+        token = _backbone_tokens.get(bb)
+        if token is None:
+            token = _backbone_tokens[bb] = next(_trace_tokens)
+        stamp = (token, tuple(p._version for p in src))
+        if stamp != self.stamp:
+            with torch.inference_mode(False), torch.no_grad():
+                torch._foreach_copy_(self.params, [p.detach() for p in src])
+            self.stamp = stamp
+        return self.fn(x, ttab, sproj)
+
+
 class _TracedSolve(nn.Module):
     """A no-grad fixed-grid solve, written for ``torch.jit.trace`` (the loop is unrolled into the graph)."""
 
-    def __init__(self, model: GenerativeModel, grid: _Grid, solver: str, steps: int):
+    def __init__(self, model: GenerativeModel, grid: _Grid, solver: str, steps: int,
+                 backbone: ResidualMLPBackbone | None = None):
         super().__init__()
-        self.step = InferenceStep(model.backbone)
+        self.step = InferenceStep(backbone if backbone is not None else model.backbone)
         self.noise = model.prediction == "noise"
         self.A, self.B, self.t_end = grid.A, grid.B, model.path.t_end
         self.solver, self.steps = solver, steps

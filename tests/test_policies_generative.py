@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -198,3 +199,24 @@ def test_traced_sampler_matches_eager_and_follows_weight_updates() -> None:
     eager2 = model.sample(cond, noise=z, steps=6, solver="heun")
     model.trace_sampler = True
     assert torch.allclose(model.sample(cond, noise=z, steps=6, solver="heun"), eager2, atol=1e-5)
+
+
+def test_models_of_one_architecture_share_one_trace_and_each_gets_its_own_weights() -> None:
+    from genctl.policies import generative
+
+    models = [make_generative_model("gvp", 2, 3, hidden=[16, 8]) for _ in range(3)]
+    models.append(copy.deepcopy(models[0]))  # as EMA copies the policy: must not be mistaken for the original
+    with torch.no_grad():
+        models[3].backbone.out.bias.add_(1.0)
+    cond, z = torch.randn(4, 3), torch.randn(4, 2)
+    before = generative._traced_steps
+    for _ in range(2):  # alternate between the models: the shared trace must switch weights every time
+        for m in models:
+            m.trace_sampler = False
+            eager = m.sample(cond, noise=z, steps=5)
+            m.trace_sampler = True
+            with torch.inference_mode():
+                traced = m.sample(cond, noise=z, steps=5)
+            assert torch.allclose(traced, eager, atol=1e-5)
+    assert generative._traced_steps - before <= 5, "one trace per architecture, not per model"
+    assert all(m.trace_sampler for m in models)
