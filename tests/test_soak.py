@@ -5,7 +5,7 @@ check that memory does not grow once warmed up. Not in CI (``-m slow``).
 
 Memory is the resident set size from /proc/self/status (psutil when /proc is missing), measured after a
 ``gc.collect()`` at the end of each cycle. After the warm-up (the first ``WARMUP_FRAC`` of the cycles, at
-least 2: allocator arenas, rerun's buffers and the capped TorchScript traces of the sampler settle) the RSS may exceed the warm-up level by at most ``GENCTL_SOAK_MAX_GROWTH_MB`` (default 64 MB), and
+least 2: allocator arenas, rerun's buffers and the shared TorchScript trace of the sampler settle) the RSS may exceed the warm-up level by at most ``GENCTL_SOAK_MAX_GROWTH_MB`` (default 64 MB), and
 the second half of the cycles may not sit clearly above the first (a slow, steady leak).
 
 ``GENCTL_SOAK_RERUN=1`` also records every evaluation with rerun. Off by default: rerun-sdk 0.41 never drops a
