@@ -97,6 +97,15 @@ def evaluate(run: str | Path, *, episodes: int = 10, envs: int = 1, solver: str 
                              ("--candidates", candidates, 0), ("--frame-every", frame_every, 0)):
         if value is not None and value < low:
             raise GenctlError(f"{name} must be >= {low}, got {value}")
+    kind, _, index = device.partition(":")
+    if kind not in ("cpu", "cuda", "auto") or (index and (kind != "cuda" or not index.isdigit())):
+        raise GenctlError(f"--device must be cpu, cuda, cuda:N or auto, got {device!r}")
+    if kind == "auto":
+        device = kind = "cuda" if torch.cuda.is_available() else "cpu"
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise GenctlError(f"--device {device}: torch sees no CUDA device (torch {torch.__version__})")
+    if index and int(index) >= torch.cuda.device_count():
+        raise GenctlError(f"--device {device}: torch sees {torch.cuda.device_count()} CUDA device(s)")
     dinfo = init_distributed("cpu" if device == "cpu" else "auto")
     if dinfo.enabled and device.startswith("cuda"):
         device = f"cuda:{dinfo.local_rank}"

@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--candidates", type=int, default=64, help="candidate actions drawn per step for rerun")
     p.add_argument("--rerun-episodes", type=int, help="record only the first N episodes in rerun")
     p.add_argument("--frame-every", type=int, default=1, help="log a camera frame every N steps (0 = none)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="where the policy runs: cpu, cuda, cuda:N or auto (default cpu; "
+                   "on a GPU the sampler replays a captured CUDA graph)")
     p.add_argument("-o", "--out", help="eval.json path (default: RUN/eval.json)")
     _add_rerun(p)
 

@@ -466,6 +466,16 @@ def eval_bad_rerun_mode(tmp, s):
     return _eval(run, "--rerun", "teleport"), ["--rerun", "teleport"]
 
 
+def eval_unknown_device(tmp, s):
+    run, _ = run_copy(tmp, s)
+    return _eval(run, "--device", "tpu"), ["--device", "tpu"]
+
+
+def eval_bad_cuda_index(tmp, s):
+    run, _ = run_copy(tmp, s)
+    return _eval(run, "--device", "cuda:x"), ["--device", "cuda:x"]
+
+
 # --- view / info -----------------------------------------------------------------------------------------
 def view_missing_store(tmp, s):
     return ["view", str(tmp / "none.zarr")], ["none.zarr", "does not exist"]
@@ -519,7 +529,7 @@ CASES = [
     eval_missing_run, eval_no_checkpoint, eval_corrupt_weights, eval_truncated_weights, eval_missing_weights,
     eval_meta_missing_field, eval_meta_ill_typed, eval_meta_missing_norm, eval_weights_shape_mismatch,
     eval_checkpoint_from_other_env, eval_env_size_mismatch, eval_unknown_env_id, eval_zero_episodes,
-    eval_zero_steps, eval_bad_rerun_mode,
+    eval_zero_steps, eval_bad_rerun_mode, eval_unknown_device, eval_bad_cuda_index,
     view_missing_store, view_bad_episode_spec, view_episode_out_of_range, view_corrupt_store, view_nan_store,
     info_deleted_chunk,
 ]

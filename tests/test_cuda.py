@@ -16,7 +16,7 @@ from cli_helpers import genctl_ok as cli
 
 from genctl.policies import IQLCritic, make_algorithm, make_generative_model
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 CUDA = torch.device("cuda")
 
 
@@ -30,6 +30,7 @@ def _pair(model, cond, steps, solver, noise):
     return fast, slow
 
 
+@needs_cuda
 @pytest.mark.parametrize("kind", ["gvp", "vpsde", "icfm"])
 @pytest.mark.parametrize("solver", ["euler", "heun"])
 @pytest.mark.parametrize("rows", [1, 64])
@@ -45,6 +46,7 @@ def test_graph_sampler_equals_eager_solve(kind: str, solver: str, rows: int) -> 
     assert len(model._graphs) == 1 and model.graph_sampler, "the solve was not captured as a graph"
 
 
+@needs_cuda
 def test_graph_sampler_sees_in_place_weight_updates_and_outputs_are_not_aliased() -> None:
     torch.manual_seed(1)
     model = make_generative_model("gvp", 3, 11, hidden=[64, 32, 16]).to(CUDA)
@@ -61,6 +63,7 @@ def test_graph_sampler_sees_in_place_weight_updates_and_outputs_are_not_aliased(
     torch.testing.assert_close(fast, again)  # the earlier result is a copy, not the graph's output buffer
 
 
+@needs_cuda
 def test_cuda_matches_cpu_density_and_gmpg_runs_in_bf16() -> None:
     torch.manual_seed(2)
     cpu = make_generative_model("vpsde", 3, 11, hidden=[64, 32, 16], vpsde_target="velocity")
@@ -89,6 +92,7 @@ def store(tmp_path_factory) -> Path:
     return out
 
 
+@needs_cuda
 def test_train_and_eval_on_cuda_through_the_cli(store: Path, tmp_path: Path) -> None:
     """``genctl train device=cuda`` (compiled backbone, bf16 autocast), eval on the GPU, and the checkpoint gives
     the same actions when loaded on the CPU."""
@@ -114,6 +118,7 @@ def test_train_and_eval_on_cuda_through_the_cli(store: Path, tmp_path: Path) -> 
     torch.testing.assert_close(a_g, a_c, rtol=1e-4, atol=1e-4)
 
 
+@needs_cuda
 def test_nan_on_cuda_stops_the_run_and_no_checkpoint_holds_nan_cli(store: Path, tmp_path: Path) -> None:
     """On the GPU the metrics stay on the device and are checked at log/checkpoint steps only."""
     import os
@@ -134,6 +139,7 @@ def test_nan_on_cuda_stops_the_run_and_no_checkpoint_holds_nan_cli(store: Path, 
             assert np.all(np.isfinite(v)), f"{ck.name}/{k} holds NaN/Inf"
 
 
+@needs_cuda
 def test_graph_of_compiled_step_equals_eager_solve() -> None:
     torch.manual_seed(3)
     model = make_generative_model("vpsde", 3, 11, hidden=[64, 32, 16]).to(CUDA)  # noise prediction
@@ -142,3 +148,13 @@ def test_graph_of_compiled_step_equals_eager_solve() -> None:
     fast, slow = _pair(model, cond, 8, "heun", noise)
     torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-4)
     assert model.graph_sampler and any(k[-1] for k in model._graphs), "no graph of the compiled step was made"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_eval_on_cuda_without_a_gpu_is_one_clear_error(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "genctl", "eval", str(tmp_path), "--device", "cuda"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "torch sees no CUDA device" in r.stderr and "Traceback" not in r.stderr
