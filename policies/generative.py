@@ -20,6 +20,7 @@ import copy
 import itertools
 import json
 import math
+import threading
 import weakref
 from typing import Any
 
@@ -437,18 +438,20 @@ class _SharedTrace:
         self.fn = torch.jit.trace(_TracedSolve(model, grid, solver, steps, backbone=self.backbone),
                                   (x, ttab, sproj), check_trace=False)
         self.stamp: tuple | None = None
+        self.lock = threading.Lock()  # two threads sampling two models must not swap weights mid-solve
 
     def __call__(self, bb: nn.Module, x: Tensor, ttab: Tensor, sproj: Tensor) -> Tensor:
         src = list(bb.parameters())
-        token = _backbone_tokens.get(bb)
-        if token is None:
-            token = _backbone_tokens[bb] = next(_trace_tokens)
-        stamp = (token, tuple(p._version for p in src))
-        if stamp != self.stamp:
-            with torch.inference_mode(False), torch.no_grad():
-                torch._foreach_copy_(self.params, [p.detach() for p in src])
-            self.stamp = stamp
-        return self.fn(x, ttab, sproj)
+        with self.lock:
+            token = _backbone_tokens.get(bb)
+            if token is None:
+                token = _backbone_tokens[bb] = next(_trace_tokens)
+            stamp = (token, tuple(p._version for p in src))
+            if stamp != self.stamp:
+                with torch.inference_mode(False), torch.no_grad():
+                    torch._foreach_copy_(self.params, [p.detach() for p in src])
+                self.stamp = stamp
+            return self.fn(x, ttab, sproj)
 
 
 class _TracedSolve(nn.Module):
