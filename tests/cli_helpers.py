@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -15,3 +16,16 @@ def genctl_ok(*args: str, cwd: Path | None = None, timeout: int = 600) -> subpro
                        cwd=cwd, env=env, timeout=timeout)
     assert r.returncode == 0, f"genctl {' '.join(args)} failed:\n{r.stdout}\n{r.stderr}"
     return r
+
+
+def tiny_maze_run(root: Path, *, seed: int, episodes: int, train: Sequence[str], collect: Sequence[str] = ()
+                  ) -> tuple[Path, Path]:
+    """In-process ``genctl collect`` of scripted PointMaze_UMaze demos into ROOT/maze.zarr, then ``genctl train``
+    of ROOT/run on them with the ``train`` overrides. Returns (store, run folder)."""
+    from genctl.cli import main
+
+    store = root / "maze.zarr"
+    assert main(["--quiet", "collect", "PointMaze_UMaze-v3", "--expert", "maze", "--episodes", str(episodes),
+                 *collect, "--seed", str(seed), "-o", str(store)]) == 0
+    assert main(["--quiet", "train", f"data.store={store}", f"out_dir={root}", "name=run", *train]) == 0
+    return store, root / "run"

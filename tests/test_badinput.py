@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import yaml
 import zarr
+from cli_helpers import tiny_maze_run
 
 from genctl.cli import main
 from genctl.datasets import ingest
@@ -33,12 +34,9 @@ TINY = ["model.hidden=[32,32,32]", "critic.hidden=[32,32]", "critic.steps=20", "
 def shared(tmp_path_factory) -> dict[str, Path]:
     """One small collected PointMaze store, one tiny trained run on it, and a Hopper-shaped D4RL store."""
     root = tmp_path_factory.mktemp("shared")
-    store = root / "maze.zarr"
-    assert main(["--quiet", "collect", "PointMaze_UMaze-v3", "--expert", "maze", "--episodes", "4",
-                 "--noise", "0.3", "--seed", "1", "-o", str(store)]) == 0
-    assert main(["--quiet", "train", f"data.store={store}", f"out_dir={root}", "name=run", *TINY]) == 0
+    store, run = tiny_maze_run(root, seed=1, episodes=4, collect=["--noise", "0.3"], train=TINY)
     hopper = ingest(make_d4rl_file(root / "hopper.hdf5", n=120, episode_len=60), root / "hopper.zarr").path
-    return {"store": store, "run": root / "run", "hopper": Path(hopper), "root": root}
+    return {"store": store, "run": run, "hopper": Path(hopper), "root": root}
 
 
 def snapshot(folder: Path) -> dict[str, str]:

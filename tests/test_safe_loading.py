@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import tiny_maze_run
 
 from genctl.cli import main
 
@@ -38,12 +39,8 @@ class Payload:
 
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory):
-    root = tmp_path_factory.mktemp("safe")
-    store = root / "maze.zarr"
-    assert main(["--quiet", "collect", "PointMaze_UMaze-v3", "--expert", "maze", "--episodes", "3",
-                 "--seed", "2", "-o", str(store)]) == 0
-    assert main(["--quiet", "train", f"data.store={store}", f"out_dir={root}", "name=run", *TINY]) == 0
-    return {"store": store, "run": root / "run"}
+    store, run = tiny_maze_run(tmp_path_factory.mktemp("safe"), seed=2, episodes=3, train=TINY)
+    return {"store": store, "run": run}
 
 
 def cli(capsys, *argv: str) -> tuple[int, str]:

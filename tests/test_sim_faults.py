@@ -13,6 +13,7 @@ import json
 import gymnasium as gym
 import numpy as np
 import pytest
+from cli_helpers import tiny_maze_run
 
 import genctl.apps.evaluate as evaluate_mod
 from genctl.cli import main
@@ -54,14 +55,9 @@ class FaultInjector(gym.Wrapper):
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("faults")
-    store = root / "maze.zarr"
-    assert main(["--quiet", "collect", "PointMaze_UMaze-v3", "--expert", "maze", "--episodes", "3",
-                 "--seed", "4", "-o", str(store)]) == 0
-    assert main(["--quiet", "train", f"data.store={store}", f"out_dir={root}", "name=run",
-                 "model.hidden=[32,32,32]", "critic.hidden=[32,32]", "critic.steps=8", "policy.steps=8",
-                 "critic.batch_size=64", "policy.batch_size=64", "threads=1", "eval.steps=2"]) == 0
-    return root / "run"
+    return tiny_maze_run(tmp_path_factory.mktemp("faults"), seed=4, episodes=3, train=[
+        "model.hidden=[32,32,32]", "critic.hidden=[32,32]", "critic.steps=8", "policy.steps=8",
+        "critic.batch_size=64", "policy.batch_size=64", "threads=1", "eval.steps=2"])[1]
 
 
 @pytest.mark.parametrize("envs", [1, 2])
