@@ -23,6 +23,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from genctl.errors import GenctlError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -41,6 +43,26 @@ class DistInfo:
 
 def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def resolve_device(name: str, local_rank: int | None = None, *, label: str = "device=") -> torch.device:
+    """``cpu | cuda | cuda:N | auto`` -> a torch.device, with one clear error (``label`` names the option, e.g.
+    ``device=`` or ``--device ``) for anything else, for CUDA that torch cannot see, or for a missing GPU index.
+    A bare ``cuda`` means ``cuda:local_rank`` when a rank is given (one process per GPU)."""
+    kind, _, index = name.partition(":")
+    if kind not in ("cpu", "cuda", "auto") or (index and (kind != "cuda" or not index.isdigit())):
+        raise GenctlError(f"{label.strip()} must be cpu, cuda, cuda:N or auto, got {name!r}")
+    if kind == "auto":
+        kind = "cuda" if torch.cuda.is_available() else "cpu"
+    if kind == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise GenctlError(f"{label}{name}: torch sees no CUDA device (torch {torch.__version__})")
+    if index and int(index) >= torch.cuda.device_count():
+        raise GenctlError(f"{label}{name}: torch sees {torch.cuda.device_count()} CUDA device(s)")
+    if index:
+        return torch.device("cuda", int(index))
+    return torch.device("cuda") if local_rank is None else torch.device("cuda", local_rank)
 
 
 def init_distributed(device: str = "auto") -> DistInfo:

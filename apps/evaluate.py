@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from genctl.apps.distributed import gather, init_distributed
+from genctl.apps.distributed import gather, init_distributed, resolve_device
 from genctl.apps.policy import LoadedPolicy
 from genctl.apps.rollout_log import RolloutLogger
 from genctl.apps.viz import Viewer
@@ -97,19 +97,11 @@ def evaluate(run: str | Path, *, episodes: int = 10, envs: int = 1, solver: str 
                              ("--candidates", candidates, 0), ("--frame-every", frame_every, 0)):
         if value is not None and value < low:
             raise GenctlError(f"{name} must be >= {low}, got {value}")
-    kind, _, index = device.partition(":")
-    if kind not in ("cpu", "cuda", "auto") or (index and (kind != "cuda" or not index.isdigit())):
-        raise GenctlError(f"--device must be cpu, cuda, cuda:N or auto, got {device!r}")
-    if kind == "auto":
-        device = kind = "cuda" if torch.cuda.is_available() else "cpu"
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise GenctlError(f"--device {device}: torch sees no CUDA device (torch {torch.__version__})")
-    if index and int(index) >= torch.cuda.device_count():
-        raise GenctlError(f"--device {device}: torch sees {torch.cuda.device_count()} CUDA device(s)")
-    dinfo = init_distributed("cpu" if device == "cpu" else "auto")
-    if dinfo.enabled and device.startswith("cuda"):
-        device = f"cuda:{dinfo.local_rank}"
-    policy = policy or LoadedPolicy.from_run(run, device=device)
+    dev = resolve_device(device, label="--device ")
+    dinfo = init_distributed(dev.type)
+    if dinfo.enabled and dev.type == "cuda":
+        dev = torch.device("cuda", dinfo.local_rank)
+    policy = policy or LoadedPolicy.from_run(run, device=str(dev))
     if policy.env_info is None:
         raise GenctlError(f"{run}: the training store recorded no env, so there is nothing to evaluate in")
     solver = solver or policy.solver

@@ -26,6 +26,7 @@ from genctl.apps.distributed import (
     gather,
     init_distributed,
     replica_divergence,
+    resolve_device,
     sync_gradients,
 )
 from genctl.config import TrainConfig, build_config, dump_yaml
@@ -40,14 +41,6 @@ from genctl.seeding import rng_state, seed_everything, set_rng_state
 log = logging.getLogger("genctl.train")
 
 STAGES = ("critic", "behaviour", "policy")
-
-
-def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device=cuda was asked for but torch sees no CUDA device")
-    return torch.device("cuda", local_rank) if name == "cuda" else torch.device(name)
 
 
 def stage_plan(cfg: TrainConfig) -> list[tuple[str, int]]:
@@ -96,7 +89,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, run_dir: Path, *, progress: bool = True, dist: DistInfo | None = None):
         self.dist = dist or DistInfo()
         self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress and self.dist.is_main
-        self.device = pick_device(cfg.device, self.dist.local_rank)
+        self.device = resolve_device(cfg.device, self.dist.local_rank)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.amp = bool(cfg.amp)  # None = off on every device (see TrainConfig.amp for the measurements)
