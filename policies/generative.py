@@ -301,8 +301,7 @@ class GenerativeModel(nn.Module):
         bb = self.backbone
         if not (self.trace_sampler and isinstance(bb, ResidualMLPBackbone)):
             return None
-        ttab, sproj = bb.prepare(grid.temb, cond)
-        sproj = sproj.expand(x.shape[0], -1) if sproj.dim() == 1 else sproj
+        ttab, sproj = self._step_inputs(grid, cond, x.shape[0])
         w = bb.out.weight
         key = (type(bb).__name__, tuple(tuple(p.shape) for p in bb.parameters()), self.prediction,
                json.dumps(self.path.config(), sort_keys=True), steps, solver, w.device, w.dtype)
@@ -321,6 +320,11 @@ class GenerativeModel(nn.Module):
                 return None
             _shared_traces[key] = shared
         return shared(bb, x, ttab, sproj)
+
+    def _step_inputs(self, grid: _Grid, cond: Tensor | None, rows: int) -> tuple[Tensor, Tensor]:
+        """(time table (T, H), state projection (rows, H)): what ``_TracedSolve`` takes besides x."""
+        ttab, sproj = self.backbone.prepare(grid.temb, cond)
+        return ttab, (sproj.expand(rows, -1) if sproj.dim() == 1 else sproj)
 
     def _density_solve(self, start: Tensor, cond: Tensor | None, grid: _Grid, solver: str, steps: int,
                        exact: bool, n_probes: int, generator: torch.Generator | None, reverse: bool,
@@ -386,20 +390,11 @@ class _GraphedSolve:
         self.cond_in = None if cond is None else cond.clone()
         bb = model.backbone
         if model.compile_sampler and isinstance(bb, ResidualMLPBackbone):
-            # one compiled network step, reused at every grid time (the time row is an input)
-            net = torch.compile(InferenceStep(bb), dynamic=False)
-            noise, A, B = model.prediction == "noise", grid.A, grid.B
+            fixed = _TracedSolve(model, grid, solver, steps)
+            fixed.step = torch.compile(fixed.step, dynamic=False)  # one compiled network step for every grid time
 
             def solve() -> Tensor:
-                ttab, sproj = bb.prepare(grid.temb, self.cond_in)
-                sproj = sproj.expand(x.shape[0], -1) if sproj.dim() == 1 else sproj
-
-                def field(x_: Tensor, _tang: Tensor | None, j: int) -> tuple[Tensor, None]:
-                    out = net(x_, ttab[j], sproj)
-                    return (A[j] * x_ + B[j] * out if noise else out), None
-
-                return integrate(field, self.x_in.clone(), steps=steps, t0=0.0, t1=model.path.t_end,
-                                 solver=solver)[0]
+                return fixed(self.x_in.clone(), *model._step_inputs(grid, self.cond_in, x.shape[0]))
         else:
             def solve() -> Tensor:
                 return model._eager_solve(self.cond_in, grid, self.x_in.clone(), solver, steps)
@@ -455,7 +450,8 @@ class _SharedTrace:
 
 
 class _TracedSolve(nn.Module):
-    """A no-grad fixed-grid solve, written for ``torch.jit.trace`` (the loop is unrolled into the graph)."""
+    """A no-grad fixed-grid solve, written for ``torch.jit.trace`` (the loop is unrolled into the graph); on a GPU
+    it also runs inside a CUDA graph with its network step compiled (``compile_sampler``)."""
 
     def __init__(self, model: GenerativeModel, grid: _Grid, solver: str, steps: int,
                  backbone: ResidualMLPBackbone | None = None):
