@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from .critic import IQLCritic
 from .generative import GenerativeModel
-from .optim import clip_and_step, make_adam, metrics_out
+from .optim import bf16_autocast, clip_and_step, make_adam, metrics_out
 from .solvers import check_solver
 
 
@@ -63,8 +63,7 @@ class Algorithm:
         raise NotImplementedError
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        device = self._params[0].device.type if self._params else "cpu"
-        return torch.autocast(device, dtype=torch.bfloat16, enabled=self.amp)
+        return bf16_autocast(self._params[0].device.type if self._params else "cpu", self.amp)
 
     def update(self, batch: dict[str, Tensor], *, sync: bool = True) -> dict[str, Any]:
         loss, stats = self.loss(batch)

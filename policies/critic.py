@@ -8,7 +8,6 @@ layer for both members).
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .nets import EnsembleMLP, mlp
-from .optim import make_adam, metrics_out
+from .optim import bf16_autocast, make_adam, metrics_out
 
 
 def expectile_loss(u: Tensor, expectile: float) -> Tensor:
@@ -63,17 +62,14 @@ class IQLCritic(nn.Module):
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return dict(self._opts)
 
-    def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.amp)
-
     def update(self, batch: dict[str, Tensor], *, sync: bool = True) -> dict[str, Any]:
         """One IQL step; metrics as floats, or (``sync=False``) as detached 0-dim tensors with no host sync."""
         obs, act, next_obs = batch["obs"], batch["action"], batch["next_obs"]
         reward, terminal = batch["reward"].reshape(-1), batch["terminal"].reshape(-1).to(obs.dtype)
-        with torch.no_grad(), self._autocast(obs.device):
+        with torch.no_grad(), bf16_autocast(obs.device.type, self.amp):
             q_t = self.q_both(obs, act, target=True).amin(0)
             next_v = self.v(next_obs)
-        with self._autocast(obs.device):
+        with bf16_autocast(obs.device.type, self.amp):
             v = self.v(obs)
         v_loss = expectile_loss(q_t - v, self.expectile)
         self._opts["v"].zero_grad(set_to_none=True)
@@ -81,7 +77,7 @@ class IQLCritic(nn.Module):
         self._opts["v"].step()
 
         y = reward + self.gamma * (1.0 - terminal) * next_v
-        with self._autocast(obs.device):
+        with bf16_autocast(obs.device.type, self.amp):
             q = self.q_both(obs, act)
         q_loss = 0.5 * (q - y).square().mean(1).sum()  # 1/2 (MSE(Q1, y) + MSE(Q2, y))
         self._opts["q"].zero_grad(set_to_none=True)

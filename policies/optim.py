@@ -29,6 +29,11 @@ def clip_and_step(opt: torch.optim.Optimizer, params: list[nn.Parameter], grad_c
     return norm
 
 
+def bf16_autocast(device_type: str, enabled: bool) -> torch.autocast:
+    """bfloat16 autocast on ``device_type`` ("cpu"/"cuda"), a no-op unless ``enabled`` (the ``amp`` switches)."""
+    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=enabled)
+
+
 def metrics_out(values: dict[str, Tensor], sync: bool) -> dict[str, Any]:
     """An update's metrics: Python floats (``sync``, one host sync) or detached 0-dim tensors (no sync: a GPU
     training loop reads them only when it logs)."""
