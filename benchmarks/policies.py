@@ -15,7 +15,8 @@ dense matmul of the same precision (fp32 steps against fp32, bf16-autocast steps
 8192^3 on a GPU) measured in the same run. Medians of ``--repeat`` timed runs after warm-up.
 
 ``--device cuda``: the same figures on the GPU (timed with the device synchronised around each run), plus
-the GMPO step with the backbone compiled in place (``torch.compile``, what ``genctl train`` does on a GPU) and
+the GMPO step without a host sync (as ``genctl train`` runs on a GPU) and with the backbone compiled in place
+(``torch.compile``, what ``genctl train compile=true`` does), and
 sampling as a replayed CUDA graph (the default for no-grad GPU solves) next to the eager solve.
 """
 
@@ -134,7 +135,7 @@ def main() -> None:
         sec = timeit(lambda g=gmpo_amp: g.update(b), args.repeat)
         report("GMPO train step @4096, bf16 autocast", 1 / sec, "it/s", ">= 10",
                flops_of(lambda g=gmpo_amp: g.update(b)), sec, peak16)
-        if cuda:  # genctl train on a GPU: the backbone compiled in place, metrics kept on the device
+        if cuda:  # genctl train on a GPU keeps metrics on the device; compile=true compiles the backbone in place
             sec = timeit(lambda g=gmpo: g.update(b, sync=False), args.repeat)
             report("GMPO train step @4096, no host sync", 1 / sec, "it/s", ">= 10", None, sec, peak)
             for amp in (False, True):
