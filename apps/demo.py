@@ -10,16 +10,31 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from genctl.config import TrainConfig, build_config
+from genctl.datasets import EpisodeStore
+
+
+def behaviour_summary(store: Path) -> dict[str, float]:
+    """What the demos themselves do: success rate (episodes whose return is positive: the sparse goal reward)
+    and how jumpy their actions are (mean over steps and dims of |a_t - a_{t-1}|, within episodes)."""
+    st = EpisodeStore.open(store)
+    act = st.load(["action"])["action"].astype(np.float64)
+    ends = st.episode_ends
+    d = np.abs(np.diff(act, axis=0)).mean(1)
+    within = np.ones(len(d), bool)
+    within[ends[:-1] - 1] = False  # no delta across an episode boundary
+    return {"success_rate": float((st.episode_returns() > 0).mean()), "action_delta": float(d[within].mean()),
+            "episodes": st.n_episodes}
 
 
 def demo_defaults() -> dict[str, Any]:
     return yaml.safe_load(resources.files("genctl").joinpath("configs/demo.yaml").read_text())
 
 
-def run_demo(out: Path, *, env_id: str | None = None, episodes: int = 10, fast: bool = False,
+def run_demo(out: Path, *, env_id: str | None = None, episodes: int = 30, fast: bool = False,
              overrides: list[str] | None = None, progress: bool = True) -> dict[str, Any]:
     from genctl.apps.collect import collect
     from genctl.apps.evaluate import evaluate, format_report
@@ -49,10 +64,16 @@ def run_demo(out: Path, *, env_id: str | None = None, episodes: int = 10, fast: 
     run_dir = train(cfg, overwrite=True, progress=progress)
     rrd = run_dir / "rollouts.rrd"
     print(f"[3/4] closed-loop evaluation: {episodes} episodes, rerun recording -> {rrd}")
-    report = evaluate(run_dir, episodes=episodes, envs=1, rerun=("save", str(rrd)), rerun_episodes=min(episodes, 5),
+    report = evaluate(run_dir, episodes=episodes, envs=min(4, episodes), rerun=("save", str(rrd)), rerun_episodes=min(episodes, 5),
                       frame_every=2 if not fast else 4, candidates=32, progress=progress)
     print("[4/4] results")
     print(format_report(report))
+    data = behaviour_summary(store)
+    gain = 100 * (report["success_rate"] - data["success_rate"])
+    print(f"\npolicy vs its demos: success {100 * report['success_rate']:.0f} % over {report['return']['n']} episodes "
+          f"vs {100 * data['success_rate']:.0f} % of the {data['episodes']} demos ({gain:+.0f} points); "
+          f"|a_t - a_t-1| {report['action_delta']['mean']:.3f} vs {data['action_delta']:.3f} in the demos")
+    report["behaviour"] = data
     print(f"\noutputs in {out.resolve()}:")
     print(f"  store        {store}")
     print(f"  run          {run_dir}  (config.yaml, checkpoints/, metrics.jsonl, eval.json)")

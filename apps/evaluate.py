@@ -55,6 +55,8 @@ class Episode:
     final_success: bool = False
     end: str = ""
     rewards: list[float] = field(default_factory=list)
+    prev_action: np.ndarray | None = None
+    action_delta: float = 0.0  # sum over steps of mean_d |a_t - a_{t-1}| (how jumpy the executed actions are)
 
 
 def _warning_counts(env: Any) -> dict[int, int]:
@@ -86,9 +88,12 @@ def evaluate(run: str | Path, *, episodes: int = 10, envs: int = 1, solver: str 
              rerun_episodes: int | None = None, candidates: int = 64, frame_every: int = 1,
              max_episode_steps: int | None = None, device: str = "cpu", out: Path | None = None,
              progress: bool = True, policy: LoadedPolicy | None = None,
-             n_action_steps: int | None = None) -> dict[str, Any]:
+             n_action_steps: int | None = None, select: str | None = None, select_candidates: int | None = None,
+             temperature: float | None = None) -> dict[str, Any]:
     """Run ``episodes`` closed-loop episodes and write ``eval.json`` into the run folder (or ``out``).
 
+    ``select`` / ``select_candidates`` / ``temperature`` override the run's deployment mode (eval.select:
+    sample one action, or sample N and execute the highest-Q one; eval.temperature: 0 = deterministic).
     ``n_action_steps``: actions executed per policy call (default: the run's ``data.n_action_steps``).
     Under torchrun the episodes are spread over the processes (episode i on rank i mod N, same seeds as a
     single process); rank 0 gathers them, records rerun and writes the report.
@@ -102,6 +107,7 @@ def evaluate(run: str | Path, *, episodes: int = 10, envs: int = 1, solver: str 
     if dinfo.enabled and dev.type == "cuda":
         dev = torch.device("cuda", dinfo.local_rank)
     policy = policy or LoadedPolicy.from_run(run, device=str(dev))
+    policy.configure(select=select, candidates=select_candidates, temperature=temperature)
     if policy.env_info is None:
         raise GenctlError(f"{run}: the training store recorded no env, so there is nothing to evaluate in")
     solver = solver or policy.solver
@@ -124,7 +130,9 @@ def evaluate(run: str | Path, *, episodes: int = 10, envs: int = 1, solver: str 
     first = env_list[0]
     policy.check_env(int(np.prod(first.observation_space.shape)), int(np.prod(first.action_space.shape)),
                      policy.env_info.get("id", "?"))
-    logger = RolloutLogger(viewer, first, policy, candidates=candidates, frame_every=frame_every) if record else None
+    # with select=q the cloud is the candidates the policy actually ranked (coloured by Q, the chosen one marked)
+    cloud = 0 if policy.select == "q" else candidates
+    logger = RolloutLogger(viewer, first, policy, candidates=cloud, frame_every=frame_every) if record else None
     n_record = episodes if rerun_episodes is None else rerun_episodes
     seeds = eval_seeds(episodes, start=seed_start)
     queue = list(mine)
@@ -169,6 +177,10 @@ def evaluate(run: str | Path, *, episodes: int = 10, envs: int = 1, solver: str 
                     ep = slots[i]
                     if logger and ep is not None and ep.index < n_record and spec.horizon > 1:
                         logger.chunk(ep.index, ep.length, pred[j], spec.n_action_steps)
+                    sel = policy.last_selection
+                    if logger and ep is not None and ep.index < n_record and sel is not None:
+                        logger.selection(ep.index, ep.length, sel["candidates"][j], sel["q"][j],
+                                         int(sel["chosen"][j]))
             for i in live:
                 ep, env = slots[i], env_list[i]
                 assert ep is not None
@@ -180,6 +192,10 @@ def evaluate(run: str | Path, *, episodes: int = 10, envs: int = 1, solver: str 
                     term, trunc, r, info, nobs = True, False, 0.0, {}, obs[i]
                 r = float(r)
                 env_steps += 1
+                act = np.asarray(action, np.float64)
+                if ep.prev_action is not None:
+                    ep.action_delta += float(np.mean(np.abs(act - ep.prev_action)))
+                ep.prev_action = act
                 ep.ret += r if math.isfinite(r) else 0.0
                 ep.length += 1
                 ep.rewards.append(r)
@@ -222,6 +238,7 @@ def evaluate(run: str | Path, *, episodes: int = 10, envs: int = 1, solver: str 
         wall = max(p[3] for p in parts)  # processes ran concurrently: aggregate rate = all steps / wall
         chunks = sum(p[4] for p in parts)
     report = build_report(results, policy, latencies, env_steps, wall, solver=solver, steps=steps, k=k)
+    report.update(policy.deployment())
     report.update(spec.to_meta(), policy_calls=len(latencies), chunks_predicted=chunks,
                   actions_per_call=env_steps / len(latencies) if latencies else math.nan,
                   actions_per_chunk=env_steps / chunks if chunks else math.nan)
@@ -250,6 +267,8 @@ def build_report(results: list[Episode], policy: LoadedPolicy, latencies: list[f
         "success_rate": float(np.mean([e.success for e in results])) if results else math.nan,
         "final_success_rate": float(np.mean([e.final_success for e in results])) if results else math.nan,
         "length": summarise(np.array([e.length for e in results], dtype=np.float64)),
+        # mean over episodes of mean_t mean_d |a_t - a_{t-1}|: a controller is smooth, imitated noise is not
+        "action_delta": summarise(np.array([e.action_delta / max(e.length - 1, 1) for e in results], np.float64)),
         "faults": sum(1 for e in results if e.end not in ("terminated", "truncated")),
         "latency_ms": {"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99)),
                        "mean": float(lat.mean()), "calls": len(latencies)},
@@ -261,16 +280,27 @@ def build_report(results: list[Episode], policy: LoadedPolicy, latencies: list[f
     return report
 
 
+def _mode(r: dict[str, Any]) -> str:
+    t = r.get("temperature", 1.0)
+    how = "deterministic" if t == 0 else ("sampled" if t == 1 else f"temperature {t:g}")
+    if r.get("select") == "q":
+        return f"best-Q of {r['candidates']} {how}"
+    return how
+
+
 def format_report(r: dict[str, Any]) -> str:
     ret = r["return"]
     lines = [
-        f"env {r['env']}  episodes {ret['n']}  solver {r['solver']}/{r['steps']} steps  envs {r['envs']}",
+        f"env {r['env']}  episodes {ret['n']}  solver {r['solver']}/{r['steps']} steps  envs {r['envs']}  "
+        f"action: {_mode(r)}",
         f"  return        {ret['mean']:9.2f} ± {ret['std']:.2f}   95% CI [{ret['ci95_low']:.2f}, {ret['ci95_high']:.2f}]",
         f"  success rate  {100 * r['success_rate']:8.1f}%   (final-step {100 * r['final_success_rate']:.1f}%)",
     ]
     if "normalized_score" in r:
         ns = r["normalized_score"]
         lines.append(f"  normalised    {ns['mean']:9.2f} ± {ns['std']:.2f}")
+    if "action_delta" in r:
+        lines.append(f"  |a_t - a_t-1| {r['action_delta']['mean']:9.3f}   (mean per step and dimension)")
     lat = r["latency_ms"]
     lines.append(f"  policy call   p50 {lat['p50']:.2f} ms  p99 {lat['p99']:.2f} ms   loop {r['control_rate_hz']:.0f} steps/s")
     if r.get("horizon", 1) > 1 or r.get("n_obs_steps", 1) > 1:

@@ -83,6 +83,13 @@ class LoadedPolicy:
         self._field = "config"
         ev = m["config"]["eval"]
         self.solver, self.steps = ev["solver"], int(ev["steps"])
+        # deployment-time action selection (older runs predate these fields: plain sampling)
+        self.select = str(ev.get("select", "sample"))
+        self.n_select = int(ev.get("candidates", 16))
+        self.temperature = float(ev.get("temperature", 1.0))
+        self.last_selection: dict[str, np.ndarray] | None = None
+        if self.select == "q" and self.critic is None:
+            raise ValueError("eval.select=q needs a critic, and the checkpoint has none")
 
     @classmethod
     def from_run(cls, run: str | Path, **kw: Any) -> LoadedPolicy:
@@ -120,13 +127,66 @@ class LoadedPolicy:
             out = np.clip(out, self.low, self.high)
         return out.astype(np.float32)
 
+    def configure(self, *, select: str | None = None, candidates: int | None = None,
+                  temperature: float | None = None) -> None:
+        """Override the run's deployment settings (eval.select / eval.candidates / eval.temperature)."""
+        if select is not None:
+            if select not in ("sample", "q"):
+                raise GenctlError(f"select must be 'sample' or 'q', got {select!r}")
+            if select == "q" and self.critic is None:
+                raise GenctlError(f"{self.ck.path}: select=q ranks candidates by Q, but this run has no critic "
+                                  "(trained with critic.steps=0)")
+            self.select = select
+        if candidates is not None:
+            if candidates < 1:
+                raise GenctlError(f"candidates must be >= 1, got {candidates}")
+            self.n_select = int(candidates)
+        if temperature is not None:
+            if not (temperature >= 0 and np.isfinite(temperature)):
+                raise GenctlError(f"temperature must be a finite number >= 0, got {temperature}")
+            self.temperature = float(temperature)
+
+    def deployment(self) -> dict[str, Any]:
+        return {"select": self.select, "candidates": self.n_select if self.select == "q" else 1,
+                "temperature": self.temperature}
+
+    def _noise(self, rows: int, generator: torch.Generator | None) -> torch.Tensor | None:
+        """Starting noise scaled by the temperature (None = the sampler's own standard normal)."""
+        if self.temperature == 1.0:
+            return None
+        if self.temperature == 0.0:
+            return torch.zeros(rows, self.model.action_dim, device=self.device)
+        z = torch.randn(rows, self.model.action_dim, generator=generator, device=self.device)
+        return z * self.temperature
+
     @torch.inference_mode()
     def predict_chunk(self, obs_history: np.ndarray, *, solver: str | None = None, steps: int | None = None,
                       generator: torch.Generator | None = None) -> np.ndarray:
-        """(B, horizon, A) actions in env units from the current step on, for (B, n_obs_steps, D) histories."""
+        """(B, horizon, A) actions in env units from the current step on, for (B, n_obs_steps, D) histories.
+
+        ``select='q'``: ``candidates`` chunks are sampled per state and the one whose first action has the
+        highest Q is returned; the candidates, their Q and the choice stay in ``last_selection``."""
         cond = self._cond(obs_history)
-        a = self.model.sample(cond, solver=solver or self.solver, steps=steps or self.steps, generator=generator)
-        return self._to_env(a.reshape(len(cond), self.horizon, self.action_dim))
+        solver, steps = solver or self.solver, steps or self.steps
+        b = len(cond)
+        if self.select != "q":
+            a = self.model.sample(cond, solver=solver, steps=steps, generator=generator,
+                                  noise=self._noise(b, generator))
+            return self._to_env(a.reshape(b, self.horizon, self.action_dim))
+        assert self.critic is not None
+        n = self.n_select
+        a = self.model.sample(cond, n=n, solver=solver, steps=steps, generator=generator,
+                              noise=self._noise(b * n, generator)).reshape(b, n, self.horizon, self.action_dim)
+        # Q in the critic's (normalised) action units; the env clips to the box, so rank the clipped action
+        first = self._to_env(a[:, :, 0].reshape(b * n, self.action_dim))
+        s = cond[:, -self.obs_dim:].repeat_interleave(n, dim=0)
+        first_n = torch.as_tensor(self.act_norm.normalize(first), device=self.device)
+        q = self.critic.q(s, first_n).reshape(b, n)
+        best = q.argmax(1)
+        chunks = self._to_env(a[torch.arange(b, device=self.device), best])
+        self.last_selection = {"candidates": first.reshape(b, n, self.action_dim), "q": q.cpu().numpy(),
+                               "chosen": best.cpu().numpy()}
+        return chunks
 
     def act(self, obs: np.ndarray, *, solver: str | None = None, steps: int | None = None,
             generator: torch.Generator | None = None) -> np.ndarray:

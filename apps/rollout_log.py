@@ -33,6 +33,15 @@ def maze_walls(env: Any) -> tuple[np.ndarray, np.ndarray] | None:
     return np.array(centers, np.float32), np.full((len(centers), 2), half, np.float32)
 
 
+def q_colors(q: np.ndarray) -> np.ndarray:
+    """Candidate colours by Q: low = blue, high = yellow (within the step's own range)."""
+    q = np.asarray(q, np.float64)
+    span = float(q.max() - q.min()) if len(q) else 0.0
+    u = (q - q.min()) / span if span > 0 else np.full(len(q), 0.5)
+    lo, hi = np.array([60, 80, 220.0]), np.array([250, 220, 40.0])
+    return (lo + u[:, None] * (hi - lo)).astype(np.uint8)
+
+
 def _qpos_qvel(env: Any) -> tuple[np.ndarray, np.ndarray] | None:
     data = sim_data(env)
     if data is None or not hasattr(data, "qpos"):
@@ -46,6 +55,7 @@ class RolloutLogger:
         self.n_cand, self.frame_every = candidates, frame_every
         self.is_maze = getattr(env.unwrapped, "maze", None) is not None
         self.buf: dict[int, dict[str, list]] = {}
+        self._obs: np.ndarray | None = None
         walls = maze_walls(env)
         if walls is not None:
             import rerun as rr
@@ -105,19 +115,29 @@ class RolloutLogger:
             if frame is not None:
                 self.v.log(f"{p}/camera", rr.Image(np.asarray(frame, np.uint8)))
         if self.n_cand:
+            self._obs = np.asarray(obs)[-1] if np.ndim(obs) == 2 else np.asarray(obs)
             cand = self.policy.candidates(obs[None], self.n_cand)
             self._action_cloud(f"{p}/action_space", cand, np.asarray(action))
 
-    def _action_cloud(self, path: str, cand: np.ndarray, taken: np.ndarray) -> None:
+    def selection(self, idx: int, t: int, cand: np.ndarray, q: np.ndarray, chosen: int) -> None:
+        """select=q: the (N, A) candidates ranked at step ``t``, coloured by their Q; the chosen one marked."""
+        self.v.set_step(t)
+        self._action_cloud(f"ep_{idx:03d}/action_space", cand, cand[chosen], q=q)
+
+    def _action_cloud(self, path: str, cand: np.ndarray, taken: np.ndarray, q: np.ndarray | None = None) -> None:
         import rerun as rr
 
         d = cand.shape[1]
+        if q is None:
+            qv = self.policy.q_v(np.repeat(self._obs[None], len(cand), 0), cand) if self._obs is not None else None
+            q = None if qv is None else qv[0]
+        colors = q_colors(q) if q is not None else [(80, 140, 255)]
         if d >= 3:
-            self.v.log(f"{path}/candidates", rr.Points3D(cand[:, :3], radii=0.02, colors=[(80, 140, 255)]))
+            self.v.log(f"{path}/candidates", rr.Points3D(cand[:, :3], radii=0.02, colors=colors))
             self.v.log(f"{path}/executed", rr.Points3D(taken[None, :3], radii=0.05, colors=[(255, 80, 40)]))
         else:
             pad = (lambda x: np.concatenate([x, np.zeros((len(x), 1))], 1)) if d == 1 else (lambda x: x)
-            self.v.log(f"{path}/candidates", rr.Points2D(pad(cand), radii=0.02, colors=[(80, 140, 255)]))
+            self.v.log(f"{path}/candidates", rr.Points2D(pad(cand), radii=0.02, colors=colors))
             self.v.log(f"{path}/executed", rr.Points2D(pad(taken[None]), radii=0.05, colors=[(255, 80, 40)]))
 
     def end_episode(self, idx: int) -> None:

@@ -18,6 +18,13 @@ import torch
 from tqdm.auto import tqdm
 
 from genctl.apps.chunking import ChunkCritic, SeqSpec, WindowData, build_windows
+from genctl.apps.critic_report import (
+    advantage_stats,
+    critic_report,
+    critic_values,
+    format_critic_report,
+    mc_targets,
+)
 from genctl.apps.distributed import (
     DistInfo,
     any_rank,
@@ -29,10 +36,10 @@ from genctl.apps.distributed import (
     resolve_device,
     sync_gradients,
 )
-from genctl.config import TrainConfig, build_config, dump_yaml
+from genctl.config import TrainConfig, build_config, dump_yaml, resolved_beta
 from genctl.datasets import EpisodeStore, Normalizer, episode_split, load_transitions
 from genctl.errors import ConfigError, DataError, GenctlError
-from genctl.fsutil import atomic_write_text
+from genctl.fsutil import atomic_write_json, atomic_write_text
 from genctl.metrics import MetricsLogger
 from genctl.policies import EMA, IQLCritic, make_algorithm, make_generative_model
 from genctl.run import Checkpoint, latest_checkpoint, load_module, save_checkpoint
@@ -76,13 +83,18 @@ class Data:
 
 
 def reward_scale(cfg: TrainConfig, store: EpisodeStore) -> float:
-    if cfg.data.reward_scale == "return_range":
+    """The factor rewards are multiplied by. 'auto' (10 / return span) makes the scaled data identical whatever
+    unit the rewards were logged in, so the critic's lr and, with adv_norm=std, the policy's beta carry over."""
+    mode = cfg.data.reward_scale
+    if mode in ("return_range", "auto"):
         rets = store.episode_returns()
         span = float(rets.max() - rets.min()) if len(rets) > 1 else 0.0
         if span <= 0:
+            if mode == "auto":  # one episode, or all alike (e.g. BC-only demos): nothing to rank, keep units
+                return 1.0
             raise DataError(f"store {store.path}: reward_scale=return_range needs episodes with different returns")
-        return 1000.0 / span
-    return float(cfg.data.reward_scale)
+        return (1000.0 if mode == "return_range" else 10.0) / span
+    return float(mode)
 
 
 class Trainer:
@@ -105,12 +117,14 @@ class Trainer:
                 self.ema.module.load_state_dict(self.policy.state_dict())
             self._hooks = sync_gradients(self.optimizers(), self.dist.world)
         self.stage_idx, self.stage_step, self.global_step = 0, 0, 0
+        self.adv_stats: dict[str, float] | None = None
 
     # ---------------------------------------------------------------- setup
     def _build_data(self) -> None:
         cfg, store = self.cfg, self.store
         train_eps, val_eps = episode_split(store.n_episodes, cfg.data.val_frac, cfg.seed)
         self.val_episodes = [int(i) for i in val_eps]
+        self.train_episodes = np.asarray(train_eps, np.int64)
         raw = load_transitions(store, episodes=train_eps)
         if len(raw["action"]) == 0:
             raise DataError(f"store {store.path}: no training transitions after the validation split")
@@ -168,9 +182,9 @@ class Trainer:
                                                      amp=self.amp)
         hp: dict[str, Any] = dict(lr=p.lr, grad_clip=p.grad_clip, amp=self.amp)
         if p.algo == "gmpo":
-            hp.update(beta=p.beta, clamp=p.clamp)
+            hp.update(beta=resolved_beta(p), clamp=p.clamp)
         elif p.algo == "gmpg":
-            hp.update(beta=p.beta, sample_steps=p.sample_steps, solver=p.solver, exact_trace=p.exact_trace,
+            hp.update(beta=resolved_beta(p), sample_steps=p.sample_steps, solver=p.solver, exact_trace=p.exact_trace,
                       kl_batch=p.kl_batch)
         critic: Any = self.critic
         if critic is not None and self.seq.chunked:  # Q/V of the window's current obs and first action
@@ -197,6 +211,7 @@ class Trainer:
             "obs_dim": self.obs_dim, "action_dim": self.action_dim, **self.seq.to_meta(),
             "obs_norm": self.obs_norm.to_dict(), "action_norm": self.act_norm.to_dict(),
             "reward_scale": self.reward_scale, "reward_shift": self.cfg.data.reward_shift,
+            "beta": resolved_beta(self.cfg.policy), "adv_stats": self.adv_stats,
             "env": self.store.attrs.get("env"), "obs_keys": self.store.attrs.get("obs_keys"),
             "action_space": self.store.attrs.get("action_space"),
             "ref_min_score": self.store.attrs.get("ref_min_score"),
@@ -247,6 +262,7 @@ class Trainer:
             load_module(self.behaviour, ck.group("behaviour"), f"checkpoint {ck.path} (behaviour)")
         ck.load_optimizers(self.optimizers())
         self.stage_idx, self.stage_step, self.global_step = m["stage_idx"], m["stage_step"], m["step"]
+        self.adv_stats = m.get("adv_stats")
         set_rng_state(m["rng"])
         rng = m["data_rng"]
         if self.dist.enabled:
@@ -264,13 +280,49 @@ class Trainer:
         sync = self.device.type != "cuda"
         if stage == "critic":
             assert self.critic is not None
+            self._critic_lr()
             return self.critic.update(batch, sync=sync)
         metrics = self.algos[stage].update(batch, sync=sync)
         if stage == "policy" and self.ema is not None:
             self.ema.update(self.policy)
         return metrics
 
+    def _critic_lr(self) -> None:
+        c = self.cfg.critic
+        if c.lr_schedule == "constant":
+            return
+        frac = min(self.stage_step / max(c.steps, 1), 1.0)
+        lr = c.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * frac)))  # cosine from lr to lr / 10
+        for opt in self.critic.optimizers().values():
+            for g in opt.param_groups:
+                g["lr"] = lr
+
+    def critic_diagnostics(self) -> dict[str, Any]:
+        """Q on every training transition vs its Monte-Carlo return, and the advantage spread (critic.json)."""
+        assert self.critic is not None
+        t = self.data.tensors
+        q, v = critic_values(self.critic, t["obs"], t["action"])
+        g, valid = mc_targets(self.store, self.train_episodes, gamma=self.cfg.critic.gamma, scale=self.reward_scale,
+                              shift=self.cfg.data.reward_shift, keep_last_untermed=self.store.has_next_obs())
+        if len(g) != len(q):  # cannot align (should not happen): report the spread only
+            g = valid = None
+        return critic_report(q, v, g, valid)
+
+    def _set_advantage_scale(self) -> None:
+        algo = self.algos.get("policy")
+        if self.critic is None or not hasattr(algo, "set_advantage_scale"):
+            return
+        if self.adv_stats is None:
+            t = self.data.tensors
+            q, v = critic_values(self.critic, t["obs"], t["action"])
+            self.adv_stats = advantage_stats(q, v)
+        if self.cfg.policy.adv_norm == "std":
+            a = self.adv_stats
+            algo.set_advantage_scale(a["mean"], max(a["std"], 1e-8 * max(abs(a["mean"]), 1.0)))
+
     def _enter_stage(self, stage: str) -> None:
+        if stage == "policy":
+            self._set_advantage_scale()
         if stage == "policy" and self.behaviour is not None and self.stage_step == 0:
             # GMPG: the policy starts as the pretrained behaviour model mu.
             self.policy.load_state_dict(self.behaviour.state_dict())
@@ -326,6 +378,13 @@ class Trainer:
                         if logger:
                             logger.log(self.global_step, on_eval(self.run_dir), stage="eval")
                     finished_stage = self.stage_step == total
+                    if finished_stage and stage == "critic" and self.dist.is_main:
+                        rep = self.critic_diagnostics()
+                        self.adv_stats = rep["advantage"]
+                        atomic_write_json(self.run_dir / "critic.json", rep)
+                        log.info(format_critic_report(rep))
+                        if logger:
+                            logger.log(self.global_step, _flat(rep), stage="critic_report")
                     if finished_stage:
                         self.stage_idx += 1
                         self.stage_step = 0
@@ -343,6 +402,16 @@ class Trainer:
         finally:
             if logger:
                 logger.close()
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    out: dict[str, float] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}_"))
+        elif isinstance(v, (int, float)):
+            out[f"{prefix}{k}"] = float(v)
+    return out
 
 
 class _NonFinite:

@@ -31,18 +31,19 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 GENCTL = [sys.executable, "-m", "genctl", "--quiet"]
 
-# Small-CPU defaults (2 shared cores); every one can be overridden with --set / --bc / --gmpo / --gmpg.
-# critic.tau/lr: with only ~1.5k IQL steps the reference's tau=0.005, lr=3e-4 leaves Q far below the Monte-Carlo
-# returns on sparse PointMaze (mean 0.09 vs 0.30, corr 0.59); tau=0.05, lr=1e-3 gets 0.27 and corr 0.82.
-COMMON = ["threads=1", "model.kind=gvp", "model.hidden=[256,256,128]", "critic.steps=1500",
-          "critic.batch_size=1024", "critic.tau=0.05", "critic.lr=1e-3", "policy.batch_size=512", "policy.steps=2000", "policy.lr=3e-4",
-          "eval.steps=16", "log_every=100", "ckpt_every=1000"]
+# Budget only (CPU, 2 shared cores): network width, batch sizes, step counts, the policy lr that goes with the
+# short budget, and the eval sampler's steps. Every *algorithm* hyperparameter (critic tau/lr/schedule, reward
+# scale, advantage normalisation, beta, clamp) is the library default, the same on every dataset.
+COMMON = ["threads=1", "model.kind=gvp", "model.hidden=[256,256,128]", "policy.batch_size=512", "policy.steps=3000",
+          "policy.lr=3e-4", "eval.steps=16", "log_every=100", "ckpt_every=1000"]
 PER_ALGO = {
     "bc": ["policy.algo=bc", "critic.steps=0"],
-    "gmpo": ["policy.algo=gmpo", "policy.beta=30", "policy.clamp=100"],
-    "gmpg": ["policy.algo=gmpg", "policy.beta=100", "policy.lr=5e-5", "policy.steps=200", "policy.batch_size=256",
-             "policy.behaviour_steps=2000", "policy.behaviour_lr=3e-4", "policy.sample_steps=10"],
+    "gmpo": ["policy.algo=gmpo"],
+    "gmpg": ["policy.algo=gmpg", "policy.steps=200", "policy.batch_size=256", "policy.lr=1e-4",
+             "policy.behaviour_steps=3000", "policy.behaviour_lr=3e-4"],
 }
+# Extra deployment modes evaluated on the same trained run (no retraining): name -> genctl eval flags.
+EVAL_MODES = {"det": ["--deterministic"], "q16": ["--select", "q", "--candidates", "16"]}
 
 
 def sh(cmd: list[str], log: Path) -> None:
@@ -72,7 +73,35 @@ def make_store(args: argparse.Namespace, out: Path) -> Path:
     return store
 
 
-def one_run(algo: str, seed: int, store: Path, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+def _row(algo: str, seed: int, run: Path, ev_path: Path, wall: float) -> dict[str, Any]:
+    ev = json.loads(ev_path.read_text())
+    r = {"algo": algo, "seed": seed, "run": str(run), "success_rate": ev["success_rate"],
+         "return": ev["return"]["mean"], "episodes": ev["return"]["n"], "wall_s": wall,
+         "eval_wall_s": ev.get("wall_s"), "action_delta": (ev.get("action_delta") or {}).get("mean"),
+         "length": ev["length"]["mean"]}
+    if "normalized_score" in ev:
+        r["normalized_score"] = ev["normalized_score"]["mean"]
+        r["per_episode"] = [round(100.0 * (e["return"] - _ref(ev_path)[0]) / (_ref(ev_path)[1] - _ref(ev_path)[0]), 2)
+                            for e in ev["episodes"]] if _ref(ev_path) else None
+    crit = run / "critic.json"
+    if crit.exists():
+        c = json.loads(crit.read_text())
+        r["critic"] = {k: c.get(k) for k in ("q_mc_pearson", "q_mc_spearman", "adv_mc_pearson")}
+        r["critic"]["adv_std"] = c["advantage"]["std"]
+    return r
+
+
+def _ref(ev_path: Path) -> tuple[float, float] | None:
+    meta = sorted((ev_path.parent / "checkpoints").glob("*/meta.json"))
+    if not meta:
+        return None
+    m = json.loads(meta[-1].read_text())
+    lo, hi = m.get("ref_min_score"), m.get("ref_max_score")
+    return (lo, hi) if lo is not None and hi is not None and hi != lo else None
+
+
+def one_run(algo: str, seed: int, store: Path, args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
+    """Train (unless done) and evaluate one algo x seed; then each extra deployment mode on the same run."""
     name = f"{algo}-s{seed}"
     run = out / "runs" / name
     log = out / "logs" / f"{name}.log"
@@ -87,15 +116,23 @@ def one_run(algo: str, seed: int, store: Path, args: argparse.Namespace, out: Pa
                 f"out_dir={out / 'runs'}", f"name={name}", f"seed={seed}"]
         sh([*GENCTL, "train", *over, "--overwrite"], log)
         sh([*GENCTL, "eval", str(run), "--episodes", str(args.eval_episodes), "--envs", str(args.eval_envs)], log)
-    ev = json.loads(ev_path.read_text())
-    r = {"algo": algo, "seed": seed, "run": str(run), "success_rate": ev["success_rate"],
-         "return": ev["return"]["mean"], "episodes": ev["return"]["n"], "wall_s": time.time() - t0}
-    if "normalized_score" in ev:
-        r["normalized_score"] = ev["normalized_score"]["mean"]
-    print(f"  done {name}: success {r['success_rate']:.3f}  return {r['return']:.2f}"
-          + (f"  normalised {r['normalized_score']:.1f}" if "normalized_score" in r else "")
-          + f"  ({r['wall_s']:.0f} s)", flush=True)
-    return r
+    rows = [_row(algo, seed, run, ev_path, time.time() - t0)]
+    for mode in args.modes:
+        if mode == "q16" and algo == "bc":
+            continue  # BC has no critic to rank with
+        mpath = run / f"eval-{mode}.json"
+        t1 = time.time()
+        if args.force or not mpath.exists():
+            if args.report_only:
+                raise RuntimeError(f"{mpath} missing (--report-only)")
+            sh([*GENCTL, "eval", str(run), "--episodes", str(args.eval_episodes), "--envs", str(args.eval_envs),
+                *EVAL_MODES[mode], "-o", str(mpath)], log)
+        rows.append(_row(f"{algo}+{mode}", seed, run, mpath, time.time() - t1))
+    for r in rows:
+        print(f"  done {r['algo']}-s{seed}: success {r['success_rate']:.3f}  return {r['return']:.2f}"
+              + (f"  normalised {r['normalized_score']:.1f}" if "normalized_score" in r else "")
+              + f"  ({r['wall_s']:.0f} s)", flush=True)
+    return rows
 
 
 def mean_std(xs: list[float]) -> tuple[float, float]:
@@ -109,8 +146,8 @@ def table(results: list[dict[str, Any]], algos: list[str], seeds: list[int], met
     scale = 1.0 if metric == "normalized_score" else 100.0
     head = "D4RL-normalised score" if metric == "normalized_score" else "success rate (%)"
     lines = [f"| algo | {head}, mean ± std over seeds | return, mean over seeds | "
-             + " | ".join(f"seed {s}" for s in seeds) + " |",
-             "|---|---:|---:|" + "---:|" * len(seeds)]
+             + " | ".join(f"seed {s}" for s in seeds) + " | mean |a_t - a_t-1| | wall s per run |",
+             "|---|---:|---:|" + "---:|" * len(seeds) + "---:|---:|"]
     for a in algos:
         rs = {r["seed"]: r for r in results if r["algo"] == a}
         vals = [scale * rs[s][metric] for s in seeds if s in rs]
@@ -119,8 +156,34 @@ def table(results: list[dict[str, Any]], algos: list[str], seeds: list[int], met
         m, sd = mean_std(vals)
         rm, _ = mean_std([rs[s]["return"] for s in seeds if s in rs])
         cells = [f"{scale * rs[s][metric]:.1f}" if s in rs else "-" for s in seeds]
-        lines.append(f"| {a} | {m:.1f} ± {sd:.1f} | {rm:.2f} | " + " | ".join(cells) + " |")
+        jd = [rs[s]["action_delta"] for s in seeds if s in rs and rs[s].get("action_delta") is not None]
+        wall, _ = mean_std([rs[s]["wall_s"] for s in seeds if s in rs])
+        lines.append(f"| {a} | {m:.1f} ± {sd:.1f} | {rm:.2f} | " + " | ".join(cells)
+                     + f" | {mean_std(jd)[0]:.3f} | {wall:.0f} |" if jd else
+                     f"| {a} | {m:.1f} ± {sd:.1f} | {rm:.2f} | " + " | ".join(cells) + f" | - | {wall:.0f} |")
     return "\n".join(lines)
+
+
+def behaviour_line(store: Path, metric: str) -> str:
+    """The data's own score: the bar every policy is compared against."""
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT.parent))
+    from genctl.datasets import EpisodeStore
+
+    st = EpisodeStore.open(store)
+    if metric == "normalized_score":
+        lo, hi = st.attrs.get("ref_min_score"), st.attrs.get("ref_max_score")
+        if lo is None or hi is None:
+            return "behaviour data: no reference scores in the store"
+        sc = 100.0 * (st.episode_returns() - lo) / (hi - lo)
+        p10, p90 = np.percentile(sc, [10, 90])
+        return (f"behaviour data ({st.n_episodes} episodes): D4RL-normalised {sc.mean():.1f} "
+                f"(p10 {p10:.1f}, p90 {p90:.1f}, best {sc.max():.1f})")
+    succ = st.attrs.get("provenance", {}).get("success_rate")
+    rets = st.episode_returns()
+    frac = float((rets > 0).mean())
+    return f"behaviour data ({st.n_episodes} episodes): success {100 * (succ if succ is not None else frac):.1f} %"
 
 
 def main() -> None:
@@ -146,6 +209,8 @@ def main() -> None:
         ap.add_argument(f"--{a}", nargs="*", default=[], metavar="K=V", help=f"overrides for {a} only")
     ap.add_argument("--metric", choices=["auto", "success_rate", "normalized_score"], default="auto",
                     help="table metric; auto = normalized_score with --ingest (D4RL data), else success_rate")
+    ap.add_argument("--modes", default="", help=f"extra deployment modes evaluated on each trained run, "
+                    f"comma-separated from {sorted(EVAL_MODES)} (rows algo+mode; bc skips q16)")
     ap.add_argument("--report-only", action="store_true", help="train nothing: tabulate the runs that have eval.json")
     ap.add_argument("--force", action="store_true", help="redo runs that already have eval.json")
     args = ap.parse_args()
@@ -156,6 +221,10 @@ def main() -> None:
     out = Path(args.out)
     algos = [a.strip() for a in args.algos.split(",") if a.strip()]
     seeds = [int(s) for s in args.seeds.split(",")]
+    args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    bad = [m for m in args.modes if m not in EVAL_MODES]
+    if bad:
+        ap.error(f"unknown --modes {bad}; choose from {sorted(EVAL_MODES)}")
     t0 = time.time()
     store = Path(args.store) if args.report_only and args.store else make_store(args, out)
     print(f"store {store}; {len(algos)} algos x {len(seeds)} seeds, {args.parallel} at once", flush=True)
@@ -166,14 +235,15 @@ def main() -> None:
         futs = {pool.submit(one_run, a, s, store, args, out): (a, s) for a, s in jobs}
         for f, (a, s) in futs.items():
             try:
-                results.append(f.result())
+                results.extend(f.result())
             except Exception as e:  # keep the other runs; report the failure
                 errors.append(f"{a}-s{s}: {e}")
                 print(f"  FAILED {a}-s{s}: {e}", flush=True)
     metric = args.metric
     if metric == "auto":
         metric = "normalized_score" if args.ingest else "success_rate"
-    md = table(results, algos, seeds, metric)
+    rows = [a for a in algos] + [f"{a}+{m}" for a in algos for m in args.modes]
+    md = behaviour_line(store, metric) + "\n\n" + table(results, rows, seeds, metric)
     print()
     print(md)
     if errors:

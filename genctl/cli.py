@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "save a rerun recording of the rollouts.")
     p.add_argument("-o", "--out", default="outputs/demo", help="output folder (default: outputs/demo)")
     p.add_argument("--env", default="PointMaze_UMaze-v3")
-    p.add_argument("--episodes", type=int, default=10, help="evaluation episodes")
+    p.add_argument("--episodes", type=int, default=30, help="evaluation episodes (default 30: enough to tell the policy from its demos)")
     p.add_argument("--fast", action="store_true", help="tiny budgets (smoke test, ~1 min)")
     p.add_argument("overrides", nargs="*", help="training config overrides key=value")
 
@@ -96,7 +96,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-episode-steps", type=int)
     p.add_argument("--n-action-steps", type=int, metavar="N",
                    help="chunked policies: actions executed per policy call (default: the run's data.n_action_steps)")
-    p.add_argument("--candidates", type=int, default=64, help="candidate actions drawn per step for rerun")
+    p.add_argument("--select", choices=["sample", "q"],
+                   help="how an action is chosen (default: the run's eval.select): sample = one sampled action; "
+                   "q = sample --candidates actions, execute the one with the highest Q")
+    p.add_argument("--candidates", type=int, metavar="N",
+                   help="with --select q: actions ranked per decision (default: the run's eval.candidates); "
+                   "otherwise: actions drawn per step for the rerun candidate cloud (default 64)")
+    p.add_argument("--temperature", type=float, metavar="T",
+                   help="scale of the sampler's starting noise (default: the run's eval.temperature; 1 = learned "
+                   "distribution, 0 = deterministic)")
+    p.add_argument("--deterministic", action="store_true",
+                   help="= --temperature 0: the ODE from zero noise, one repeatable action per state")
     p.add_argument("--rerun-episodes", type=int, help="record only the first N episodes in rerun")
     p.add_argument("--frame-every", type=int, default=1, help="log a camera frame every N steps (0 = none)")
     p.add_argument("--device", default="cpu", help="where the policy runs: cpu, cuda, cuda:N or auto (default cpu; "
@@ -170,11 +180,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from genctl.apps.viz import parse_rerun_arg
 
     rerun = parse_rerun_arg(args.rerun)
+    if args.deterministic and args.temperature not in (None, 0.0):
+        raise GenctlError(f"--deterministic means --temperature 0; got also --temperature {args.temperature}")
+    temperature = 0.0 if args.deterministic else args.temperature
+    ranked = args.candidates if args.select == "q" else None
+    cloud = args.candidates if args.candidates is not None and args.select != "q" else 64
     r = evaluate(args.run, episodes=args.episodes, envs=args.envs, solver=args.solver, steps=args.steps,
-                 seed_start=args.seed, rerun=rerun, rerun_episodes=args.rerun_episodes, candidates=args.candidates,
+                 seed_start=args.seed, rerun=rerun, rerun_episodes=args.rerun_episodes, candidates=cloud,
                  frame_every=args.frame_every, max_episode_steps=args.max_episode_steps, device=args.device,
                  out=Path(args.out) if args.out else None, progress=not args.quiet,
-                 n_action_steps=args.n_action_steps)
+                 n_action_steps=args.n_action_steps, select=args.select, select_candidates=ranked,
+                 temperature=temperature)
     if "return" not in r:  # a torchrun rank other than 0: rank 0 reports
         return 0
     print(format_report(r))

@@ -25,8 +25,10 @@ class DataConfig(_Strict):
     obs_norm: Literal["gaussian", "minmax", "identity"] = "gaussian"
     action_norm: Literal["gaussian", "minmax", "identity"] = Field(
         "identity", description="identity keeps actions as logged (D4RL/gymnasium actions are already in [-1, 1])")
-    reward_scale: float | Literal["return_range"] = Field(
-        1.0, description="multiply rewards; 'return_range' = 1000/(max_return - min_return) as IQL does for locomotion")
+    reward_scale: float | Literal["auto", "return_range"] = Field(
+        "auto", description="multiply rewards; 'auto' = 10/(max_return - min_return): Q of order 1-10 whatever the "
+        "dataset's reward units (so one critic lr fits all); 'return_range' = 1000/(max_return - min_return) as "
+        "IQL does for locomotion; a number = that factor")
     reward_shift: float = Field(0.0, description="added after scaling (IQL uses -1 for AntMaze)")
     # Observation history and action chunking (Diffusion-Policy style). The defaults (1, 1, None) are the
     # single-step policy: cond = one observation, x = one action, one policy call per control step.
@@ -51,13 +53,18 @@ class ModelConfig(_Strict):
 
 
 class CriticConfig(_Strict):
-    steps: int = Field(2000, ge=0, description="IQL gradient steps (0 skips the critic; only valid for bc)")
-    batch_size: int = Field(4096, ge=1)
+    # Defaults sized for a CPU budget (docs/results.md, "critic"): with the reference's Polyak rate 0.005 a TD
+    # backup takes ~200 steps to reach the target net, so a few thousand steps propagate returns only ~10 steps
+    # back; 0.05 and lr 1e-3 with a cosine decay rank logged actions (corr with Monte-Carlo returns reported).
+    steps: int = Field(4000, ge=0, description="IQL gradient steps (0 skips the critic; only valid for bc)")
+    batch_size: int = Field(1024, ge=1)
     hidden: list[int] = Field(default_factory=lambda: [256, 256])
-    lr: float = 3e-4
+    lr: float = 1e-3
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "cosine", description="cosine: lr decays to lr/10 over the critic steps (Q settles instead of jittering)")
     expectile: float = Field(0.7, gt=0.0, lt=1.0)
     gamma: float = Field(0.99, gt=0.0, le=1.0)
-    tau: float = Field(0.005, gt=0.0, le=1.0)
+    tau: float = Field(0.05, gt=0.0, le=1.0, description="Polyak rate of the target Q (reference: 0.005)")
     amp: bool = Field(False, description="bf16 autocast of the critic networks (losses and weights stay fp32); "
                                          "~3x faster on an AVX512-BF16 CPU")
 
@@ -67,7 +74,13 @@ class PolicyConfig(_Strict):
     steps: int = Field(2000, ge=0)
     batch_size: int = Field(4096, ge=1)
     lr: float = 1e-4
-    beta: float = Field(1.0, description="GMPO temperature / GMPG Q weight")
+    adv_norm: Literal["std", "none"] = Field(
+        "std", description="std: the advantage (GMPO) / Q (GMPG) enters in units of the advantage's spread over the "
+        "training data, measured once from the frozen critic, so beta means the same on every dataset; none: raw "
+        "Q - V as the reference (beta then depends on the reward scale)")
+    beta: float | None = Field(
+        None, description="GMPO temperature / GMPG Q weight; None = the algorithm's default (gmpo 1.0, gmpg 0.5 "
+        "with adv_norm=std; required with adv_norm=none)")
     clamp: float = Field(100.0, gt=0.0, description="GMPO weight clamp")
     grad_clip: float | None = Field(None, description="max grad norm; None = no clipping (reference)")
     ema_decay: float | None = Field(0.995, description="EMA of policy weights used for eval; None = off")
@@ -83,6 +96,13 @@ class PolicyConfig(_Strict):
 
 
 class EvalConfig(_Strict):
+    select: Literal["sample", "q"] = Field(
+        "sample", description="sample: execute one sampled action; q: sample `candidates` actions and execute the "
+        "one with the highest Q (needs a critic)")
+    candidates: int = Field(16, ge=1, description="actions sampled per decision with select=q")
+    temperature: float = Field(
+        1.0, ge=0.0, description="scale of the sampler's starting noise: 1 = the learned distribution, "
+        "0 = deterministic (the ODE from zero noise: the mode-like action, no sampling jitter)")
     episodes: int = Field(10, ge=1)
     envs: int = Field(1, ge=1, description="vectorised envs")
     solver: Literal["euler", "heun", "midpoint"] = "euler"
@@ -113,11 +133,27 @@ class TrainConfig(_Strict):
     def _consistent(self) -> TrainConfig:
         if self.policy.algo in ("gmpo", "gmpg") and self.critic.steps == 0:
             raise ValueError(f"policy.algo={self.policy.algo} needs a critic: critic.steps must be > 0")
+        p = self.policy
+        if p.algo in ("gmpo", "gmpg") and p.adv_norm == "none" and p.beta is None:
+            raise ValueError("policy.adv_norm=none uses raw advantages, whose scale follows the rewards: set "
+                             "policy.beta explicitly (docs/results.md lists the values tuned per dataset)")
+        if self.eval.select == "q" and self.critic.steps == 0:
+            raise ValueError("eval.select=q ranks candidates by Q: it needs a critic (critic.steps > 0)")
         d = self.data
         if d.n_action_steps is not None and d.n_action_steps > d.horizon:
             raise ValueError(f"data.n_action_steps={d.n_action_steps} must be <= data.horizon={d.horizon} "
                              "(a policy call predicts horizon actions; it cannot execute more than it predicts)")
         return self
+
+
+DEFAULT_BETA = {"std": {"gmpo": 1.0, "gmpg": 0.5}}
+
+
+def resolved_beta(policy: PolicyConfig) -> float:
+    """policy.beta, or the algorithm's default for normalised advantages."""
+    if policy.beta is not None:
+        return float(policy.beta)
+    return DEFAULT_BETA.get(policy.adv_norm, {}).get(policy.algo, 1.0)
 
 
 def parse_value(text: str) -> Any:

@@ -1,0 +1,107 @@
+"""Is the critic right? Q of the logged actions against their discounted Monte-Carlo returns, and the spread
+of the advantage that GMPO/GMPG see (also the scale that makes ``policy.beta`` unit-free).
+
+The Monte-Carlo return G_t = sum_k gamma^k r_{t+k} is computed per training episode from the stored (scaled)
+rewards. For an episode cut by a time limit the tail beyond the cut is unknown, so rows closer than
+2 / (1 - gamma) steps to such a cut (residual weight < gamma^(2/(1-gamma)) ~ 0.13) are left out of the
+correlations; terminated episodes are exact.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from genctl.datasets import EpisodeStore
+
+
+def discounted_returns(rewards: np.ndarray, lengths: np.ndarray, gamma: float) -> np.ndarray:
+    """G_t within each episode (rewards concatenated episode after episode, ``lengths`` summing to len)."""
+    out = np.empty(len(rewards), np.float64)
+    start = 0
+    for n in lengths:
+        g = 0.0
+        for t in range(start + int(n) - 1, start - 1, -1):
+            g = float(rewards[t]) + gamma * g
+            out[t] = g
+        start += int(n)
+    return out
+
+
+def mc_targets(store: EpisodeStore, episodes: np.ndarray, *, gamma: float, scale: float, shift: float,
+               keep_last_untermed: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(G, valid) aligned with ``load_transitions(store, episodes)`` rows.
+
+    ``keep_last_untermed``: whether load_transitions kept the last row of a non-terminated episode (it does
+    when the store has next_obs)."""
+    data = store.load(["reward", "terminated"], episodes)
+    lengths = store.episode_lengths()[np.asarray(episodes, np.int64)]
+    r = data["reward"].astype(np.float64).reshape(-1) * scale + shift
+    term = data["terminated"].reshape(-1).astype(bool)
+    g = discounted_returns(r, lengths, gamma)
+    valid = np.ones(len(r), bool)
+    keep = np.ones(len(r), bool)
+    horizon = int(round(2.0 / max(1.0 - gamma, 1e-6)))
+    end = np.cumsum(lengths)
+    for s, e in zip(end - lengths, end, strict=True):
+        if e > s and not term[e - 1]:
+            valid[max(s, e - horizon):e] = False
+            if not keep_last_untermed:
+                keep[e - 1] = False
+    return g[keep], valid[keep]
+
+
+def _rank(x: np.ndarray) -> np.ndarray:
+    r = np.empty(len(x), np.float64)
+    r[np.argsort(x, kind="stable")] = np.arange(len(x))
+    return r
+
+
+def _corr(a: np.ndarray, b: np.ndarray) -> float:
+    if len(a) < 3 or np.std(a) == 0 or np.std(b) == 0:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+@torch.no_grad()
+def critic_values(critic: Any, obs: torch.Tensor, act: torch.Tensor, batch: int = 16384
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    qs, vs = [], []
+    for i in range(0, len(obs), batch):
+        o, a = obs[i:i + batch], act[i:i + batch]
+        qs.append(critic.q(o, a).double().cpu().numpy())
+        vs.append(critic.v(o).double().cpu().numpy())
+    return np.concatenate(qs), np.concatenate(vs)
+
+
+def advantage_stats(q: np.ndarray, v: np.ndarray) -> dict[str, float]:
+    a = q - v
+    p = np.percentile(a, [10, 50, 90])
+    return {"mean": float(a.mean()), "std": float(a.std()), "p10": float(p[0]), "p50": float(p[1]),
+            "p90": float(p[2]), "frac_positive": float((a > 0).mean())}
+
+
+def critic_report(q: np.ndarray, v: np.ndarray, g: np.ndarray | None, valid: np.ndarray | None
+                  ) -> dict[str, Any]:
+    rep: dict[str, Any] = {"n": int(len(q)), "q_mean": float(q.mean()), "v_mean": float(v.mean()),
+                           "advantage": advantage_stats(q, v)}
+    if g is not None and valid is not None and valid.sum() >= 3:
+        qv, vv, gv = q[valid], v[valid], g[valid]
+        rep.update(n_mc=int(valid.sum()), mc_mean=float(gv.mean()),
+                   q_mc_pearson=_corr(qv, gv), q_mc_spearman=_corr(_rank(qv), _rank(gv)),
+                   v_mc_pearson=_corr(vv, gv),
+                   # does Q rank the actions *at a state*? A = Q - V against the Monte-Carlo advantage G - V
+                   adv_mc_pearson=_corr(qv - vv, gv - vv))
+    return rep
+
+
+def format_critic_report(rep: dict[str, Any]) -> str:
+    a = rep["advantage"]
+    line = (f"critic: Q mean {rep['q_mean']:.3g}, advantage std {a['std']:.3g} (p10 {a['p10']:.3g}, "
+            f"p90 {a['p90']:.3g})")
+    if "q_mc_pearson" in rep:
+        line += (f"; corr(Q, MC return) {rep['q_mc_pearson']:.3f} (Spearman {rep['q_mc_spearman']:.3f}), "
+                 f"corr(A, MC advantage) {rep['adv_mc_pearson']:.3f}, MC mean {rep['mc_mean']:.3g}")
+    return line
