@@ -51,7 +51,7 @@ STAGES = ("critic", "behaviour", "policy")
 
 
 def stage_plan(cfg: TrainConfig) -> list[tuple[str, int]]:
-    plan = [("critic", cfg.critic.steps)]
+    plan = [("critic", 0 if cfg.critic.from_run else cfg.critic.steps)]
     if cfg.policy.algo == "gmpg":
         plan.append(("behaviour", cfg.policy.behaviour_steps))
     plan.append(("policy", cfg.policy.steps))
@@ -109,6 +109,7 @@ class Trainer:
         if not cfg.data.store:
             raise ConfigError("data.store is empty: pass data.store=PATH/TO/STORE.zarr")
         self.store = EpisodeStore.open(cfg.data.store)
+        self.critic_source: str | None = None
         self._build_data()
         self._build_models()
         if self.dist.enabled:
@@ -163,10 +164,12 @@ class Trainer:
         x_dim, cond_dim = self.seq.horizon * self.action_dim, self.seq.n_obs_steps * self.obs_dim
         self.policy = make_generative_model(m.kind, x_dim, cond_dim, **kw).to(self.device)
         self.critic = None
-        if cfg.critic.steps > 0:
+        if cfg.has_critic:
             c = cfg.critic
             self.critic = IQLCritic(self.obs_dim, self.action_dim, hidden=tuple(c.hidden), expectile=c.expectile,
                                     gamma=c.gamma, tau=c.tau, lr=c.lr, amp=c.amp).to(self.device)
+            if c.from_run:
+                self._load_critic(Path(c.from_run))
         self.behaviour = None
         if cfg.policy.algo == "gmpg":
             self.behaviour = make_generative_model(m.kind, x_dim, cond_dim, **kw).to(self.device)
@@ -191,6 +194,34 @@ class Trainer:
             critic = ChunkCritic(critic, self.obs_dim, self.action_dim)
         self.algos["policy"] = make_algorithm(p.algo, self.policy, critic=critic, behaviour=self.behaviour, **hp)
 
+    def _load_critic(self, src: Path) -> None:
+        """critic.from_run: the other run's trained critic, after checking it was trained on the same inputs."""
+        path = latest_checkpoint(src) if (src / "config.yaml").exists() else src
+        if path is None or not (path / "meta.json").exists():
+            raise ConfigError(f"critic.from_run={src}: no checkpoint there (expected a run folder with "
+                              "checkpoints/ or a checkpoint folder)")
+        ck = Checkpoint(path)
+        m = ck.meta
+        if not ck.has("critic"):
+            raise ConfigError(f"critic.from_run={src}: checkpoint {path.name} has no critic (a BC run?)")
+        if m.get("stage") == "critic" and not m.get("finished"):
+            raise ConfigError(f"critic.from_run={src}: its critic stage is unfinished ({path.name}); resume it first")
+        mine = {"store": str(Path(self.cfg.data.store).resolve()), "obs_dim": self.obs_dim,
+                "action_dim": self.action_dim, "reward_scale": self.reward_scale,
+                "reward_shift": self.cfg.data.reward_shift}
+        for key, want in mine.items():
+            got = m.get(key)
+            same = math.isclose(got, want, rel_tol=1e-9) if isinstance(want, float) and got is not None else got == want
+            if not same:
+                raise ConfigError(f"critic.from_run={src}: trained with {key}={got!r}, this run has {want!r}")
+        theirs = m["config"].get("critic", {})
+        for key in ("hidden", "gamma", "expectile"):
+            if theirs.get(key) != getattr(self.cfg.critic, key):
+                raise ConfigError(f"critic.from_run={src}: trained with critic.{key}={theirs.get(key)!r}, this run "
+                                  f"has {getattr(self.cfg.critic, key)!r} (set it to match)")
+        load_module(self.critic, ck.group("critic"), f"checkpoint {path} (critic)")
+        self.critic_source = str(path.resolve())
+
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         opts: dict[str, torch.optim.Optimizer] = {}
         if self.critic is not None:
@@ -211,7 +242,7 @@ class Trainer:
             "obs_dim": self.obs_dim, "action_dim": self.action_dim, **self.seq.to_meta(),
             "obs_norm": self.obs_norm.to_dict(), "action_norm": self.act_norm.to_dict(),
             "reward_scale": self.reward_scale, "reward_shift": self.cfg.data.reward_shift,
-            "beta": resolved_beta(self.cfg.policy), "adv_stats": self.adv_stats,
+            "beta": resolved_beta(self.cfg.policy), "adv_stats": self.adv_stats, "critic_from": self.critic_source,
             "env": self.store.attrs.get("env"), "obs_keys": self.store.attrs.get("obs_keys"),
             "action_space": self.store.attrs.get("action_space"),
             "ref_min_score": self.store.attrs.get("ref_min_score"),
@@ -308,6 +339,15 @@ class Trainer:
             g = valid = None
         return critic_report(q, v, g, valid)
 
+    def _report_critic(self) -> None:
+        """critic.json (Q vs Monte-Carlo returns, advantage spread) and the advantage scale it fixes."""
+        rep = self.critic_diagnostics()
+        if self.critic_source:
+            rep["from_run"] = self.critic_source
+        self.adv_stats = rep["advantage"]
+        atomic_write_json(self.run_dir / "critic.json", rep)
+        log.info(format_critic_report(rep))
+
     def _set_advantage_scale(self) -> None:
         algo = self.algos.get("policy")
         if self.critic is None or not hasattr(algo, "set_advantage_scale"):
@@ -334,6 +374,8 @@ class Trainer:
         plan = stage_plan(self.cfg)
         logger = MetricsLogger(self.run_dir) if self.dist.is_main else None
         done_here = 0
+        if self.critic_source and self.dist.is_main and not (self.run_dir / "critic.json").exists():
+            self._report_critic()
         try:
             while self.stage_idx < len(plan):
                 stage, total = plan[self.stage_idx]
@@ -379,12 +421,7 @@ class Trainer:
                             logger.log(self.global_step, on_eval(self.run_dir), stage="eval")
                     finished_stage = self.stage_step == total
                     if finished_stage and stage == "critic" and self.dist.is_main:
-                        rep = self.critic_diagnostics()
-                        self.adv_stats = rep["advantage"]
-                        atomic_write_json(self.run_dir / "critic.json", rep)
-                        log.info(format_critic_report(rep))
-                        if logger:
-                            logger.log(self.global_step, _flat(rep), stage="critic_report")
+                        self._report_critic()
                     if finished_stage:
                         self.stage_idx += 1
                         self.stage_step = 0
@@ -402,16 +439,6 @@ class Trainer:
         finally:
             if logger:
                 logger.close()
-
-
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    out: dict[str, float] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}_"))
-        elif isinstance(v, (int, float)):
-            out[f"{prefix}{k}"] = float(v)
-    return out
 
 
 class _NonFinite:

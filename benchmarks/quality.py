@@ -23,6 +23,7 @@ import math
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -100,6 +101,24 @@ def _ref(ev_path: Path) -> tuple[float, float] | None:
     return (lo, hi) if lo is not None and hi is not None and hi != lo else None
 
 
+_critic_locks: dict[int, threading.Lock] = {}
+_critics_done: set[int] = set()  # seeds whose critic this invocation has (re)trained
+
+
+def shared_critic(seed: int, store: Path, args: argparse.Namespace, out: Path) -> Path:
+    """One IQL critic per seed (a run with policy.steps=0), trained once and reused by GMPO and GMPG through
+    ``critic.from_run``: the algorithms are compared on the same critic, and it is not trained twice."""
+    run = out / "runs" / f"critic-s{seed}"
+    with _critic_locks.setdefault(seed, threading.Lock()):
+        if not (run / "critic.json").exists() or (args.force and seed not in _critics_done):
+            over = [*COMMON, *args.set, "policy.steps=0", f"data.store={store}", f"out_dir={out / 'runs'}",
+                    f"name={run.name}", f"seed={seed}"]
+            sh([*GENCTL, "train", *over, "--overwrite"], out / "logs" / f"{run.name}.log")
+        _critics_done.add(seed)
+    return run
+
+
+
 def one_run(algo: str, seed: int, store: Path, args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
     """Train (unless done) and evaluate one algo x seed; then each extra deployment mode on the same run."""
     name = f"{algo}-s{seed}"
@@ -112,6 +131,8 @@ def one_run(algo: str, seed: int, store: Path, args: argparse.Namespace, out: Pa
         raise RuntimeError(f"{ev_path} missing (--report-only)")
     if args.force or not ev_path.exists():
         fixed = ["critic.steps=0"] if algo == "bc" else []  # BC needs no critic, whatever --set says
+        if algo != "bc" and not args.own_critic:
+            fixed = [f"critic.from_run={shared_critic(seed, store, args, out)}"]
         over = [*COMMON, *PER_ALGO[algo], *args.set, *getattr(args, algo), *fixed, f"data.store={store}",
                 f"out_dir={out / 'runs'}", f"name={name}", f"seed={seed}"]
         sh([*GENCTL, "train", *over, "--overwrite"], log)
@@ -211,6 +232,8 @@ def main() -> None:
                     help="table metric; auto = normalized_score with --ingest (D4RL data), else success_rate")
     ap.add_argument("--modes", default="", help=f"extra deployment modes evaluated on each trained run, "
                     f"comma-separated from {sorted(EVAL_MODES)} (rows algo+mode; bc skips q16)")
+    ap.add_argument("--own-critic", action="store_true",
+                    help="train a critic inside every GMPO/GMPG run instead of one shared critic per seed")
     ap.add_argument("--report-only", action="store_true", help="train nothing: tabulate the runs that have eval.json")
     ap.add_argument("--force", action="store_true", help="redo runs that already have eval.json")
     args = ap.parse_args()

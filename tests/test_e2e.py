@@ -57,6 +57,34 @@ def test_collect_train_eval_rerun(store: Path, tmp_path: Path) -> None:
     assert frame.size > 1000 and frame.max() > 30 and frame.std() > 5, "camera frame is black or flat"
 
 
+def test_eval_select_q_and_deterministic(store: Path, tmp_path: Path) -> None:
+    """Deployment modes through the CLI: best-of-N by Q (recorded in eval.json, the ranked candidates and the
+    chosen one in rerun) and the deterministic sampler (repeatable, smoother than sampling)."""
+    cli("train", f"data.store={store}", f"out_dir={tmp_path}", "name=r", "critic.steps=40", "policy.steps=40",
+        "policy.algo=gmpo", *TINY)
+    run = tmp_path / "r"
+    rrd = tmp_path / "q.rrd"
+    r = cli("eval", str(run), "--episodes", "2", "--max-episode-steps", "30", "--select", "q", "--candidates", "6",
+            "-o", str(tmp_path / "q.json"), "--rerun", "save", str(rrd), "--frame-every", "0")
+    assert "best-Q of 6" in r.stdout
+    q = json.loads((tmp_path / "q.json").read_text())
+    assert (q["select"], q["candidates"], q["temperature"]) == ("q", 6, 1.0)
+    from genctl.apps.viz import rrd_contents
+
+    ents = rrd_contents(rrd)
+    assert "/ep_000/action_space/candidates" in ents and "/ep_000/action_space/executed" in ents
+    outs = []
+    for name in ("d1", "d2"):
+        cli("eval", str(run), "--episodes", "2", "--max-episode-steps", "30", "--deterministic", "--seed", "0",
+            "-o", str(tmp_path / f"{name}.json"))
+        outs.append(json.loads((tmp_path / f"{name}.json").read_text()))
+    assert outs[0]["temperature"] == 0.0 and outs[0]["select"] == "sample"
+    assert [e["return"] for e in outs[0]["episodes"]] == [e["return"] for e in outs[1]["episodes"]]
+    cli("eval", str(run), "--episodes", "2", "--max-episode-steps", "30", "-o", str(tmp_path / "s.json"))
+    sampled = json.loads((tmp_path / "s.json").read_text())
+    assert outs[0]["action_delta"]["mean"] < sampled["action_delta"]["mean"]
+
+
 def test_resume_matches_uninterrupted(store: Path, tmp_path: Path) -> None:
     common = [f"data.store={store}", f"out_dir={tmp_path}", "critic.steps=12", "policy.steps=14",
               "ckpt_every=1000", *TINY]

@@ -70,9 +70,8 @@ def test_advantage_normalisation_makes_weights_unit_free() -> None:
     big = IQLCritic(3, 2, hidden=(16, 16))
     big.load_state_dict(critic.state_dict())
     with torch.no_grad():  # output layers x1000 -> Q and V x1000 exactly
-        last_q = [p for p in big.q_net.parameters()][-2:]
         last_v = [m for m in big.v_net.modules() if isinstance(m, torch.nn.Linear)][-1]
-        for p in [*last_q, last_v.weight, last_v.bias]:
+        for p in [big.q_net.weights[-1], big.q_net.biases[-1], last_v.weight, last_v.bias]:
             p.mul_(1000.0)
     obs, act = torch.randn(512, 3), torch.rand(512, 2) * 2 - 1
     weights = []
@@ -87,7 +86,7 @@ def test_advantage_normalisation_makes_weights_unit_free() -> None:
 
 def test_beta_defaults_and_reference_mode() -> None:
     cfg = build_config(TrainConfig, overrides=["policy.algo=gmpo"])
-    assert cfg.policy.adv_norm == "std" and resolved_beta(cfg.policy) == 1.0
+    assert cfg.policy.adv_norm == "std" and resolved_beta(cfg.policy) == 10.0
     assert resolved_beta(build_config(TrainConfig, overrides=["policy.algo=gmpg"]).policy) == 0.5
     with pytest.raises(ConfigError, match="policy.beta explicitly"):
         build_config(TrainConfig, overrides=["policy.algo=gmpo", "policy.adv_norm=none"])
@@ -127,3 +126,35 @@ def test_q_selection_and_deterministic_sampling(tmp_path: Path) -> None:
     d2 = pol.act(obs, generator=torch.Generator().manual_seed(5))
     assert np.array_equal(d1, d2)
     assert pol.deployment() == {"select": "sample", "candidates": 1, "temperature": 0.0}
+
+
+def test_critic_from_run_is_reused_not_retrained(tmp_path: Path) -> None:
+    """critic.from_run: the policy run starts from the other run's critic (identical weights, no critic steps),
+    writes its own critic.json naming the source, and refuses a critic trained on other inputs."""
+    store = bandit_store(tmp_path / "b.zarr", 1.0, n=300)
+    base = [f"data.store={store}", f"out_dir={tmp_path / 'runs'}", "threads=1", "device=cpu", "model.hidden=[32,32]",
+            "model.t_cond_hidden=32", "critic.hidden=[32,32]", "critic.batch_size=64", "critic.steps=30",
+            "policy.batch_size=64", "data.val_frac=0", "ckpt_every=10000", "log_every=10"]
+    src = train(build_config(TrainConfig, overrides=[*base, "name=critic", "policy.steps=0"]), progress=False)
+    assert (src / "critic.json").exists()
+    run = train(build_config(TrainConfig, overrides=[*base, "name=gmpo", "policy.steps=20",
+                                                     f"critic.from_run={src}"]), progress=False)
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {r["stage"] for r in rows} == {"policy"}
+    mine, theirs = LoadedPolicy.from_run(run).critic, LoadedPolicy.from_run(src).critic
+    for k, t in theirs.state_dict().items():
+        assert torch.equal(mine.state_dict()[k], t), k
+    rep = json.loads((run / "critic.json").read_text())
+    assert rep["from_run"].startswith(str(src.resolve()))
+    assert rep["advantage"] == json.loads((src / "critic.json").read_text())["advantage"]
+    other = bandit_store(tmp_path / "b1000.zarr", 1000.0, n=300)
+    with pytest.raises(ConfigError, match="store"):
+        train(build_config(TrainConfig, overrides=[*base, f"data.store={other}", "name=x", f"critic.from_run={src}"]),
+              progress=False)
+    with pytest.raises(ConfigError, match="critic.gamma"):
+        train(build_config(TrainConfig, overrides=[*base, "name=y", "critic.gamma=0.9", f"critic.from_run={src}"]),
+              progress=False)
+    bc = train(build_config(TrainConfig, overrides=[*base, "name=bc", "policy.algo=bc", "critic.steps=0",
+                                                    "policy.steps=5"]), progress=False)
+    with pytest.raises(ConfigError, match="no critic"):
+        train(build_config(TrainConfig, overrides=[*base, "name=z", f"critic.from_run={bc}"]), progress=False)
