@@ -44,7 +44,8 @@ PER_ALGO = {
              "policy.behaviour_steps=3000", "policy.behaviour_lr=3e-4"],
 }
 # Extra deployment modes evaluated on the same trained run (no retraining): name -> genctl eval flags.
-EVAL_MODES = {"det": ["--deterministic"], "q16": ["--select", "q", "--candidates", "16"]}
+EVAL_MODES = {"det": ["--deterministic"], "t05": ["--temperature", "0.5"],
+              "q16": ["--select", "q", "--candidates", "16"]}
 
 
 def sh(cmd: list[str], log: Path) -> None:

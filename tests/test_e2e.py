@@ -117,3 +117,13 @@ def test_nan_loss_stops_with_clear_message_and_keeps_good_checkpoint(store: Path
     for ck in ckpts:
         for k, v in load_file(str(ck / "policy.safetensors")).items():
             assert np.all(np.isfinite(v)), f"{ck.name}/{k} holds NaN/Inf"
+
+
+def test_demo_fast_compares_with_its_data(tmp_path: Path) -> None:
+    """The quickstart's main job on smoke budgets: the embedded config's deployment (best-of-16 by Q at
+    temperature 0.25) reaches eval.json, and the closing comparison with the demos is printed."""
+    r = cli("demo", "--fast", "--episodes", "4", "-o", str(tmp_path))
+    assert "policy vs its demos: success" in r.stdout and "|a_t - a_t-1|" in r.stdout
+    rep = json.loads((tmp_path / "runs" / "demo-gmpo" / "eval.json").read_text())
+    assert (rep["select"], rep["candidates"], rep["temperature"]) == ("q", 16, 0.25)
+    assert rep["return"]["n"] == 4 and (tmp_path / "runs" / "demo-gmpo" / "critic.json").exists()
