@@ -98,7 +98,11 @@ def reward_scale(cfg: TrainConfig, store: EpisodeStore) -> float:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, run_dir: Path, *, progress: bool = True, dist: DistInfo | None = None):
+    def __init__(self, cfg: TrainConfig, run_dir: Path, *, progress: bool = True, dist: DistInfo | None = None,
+                 fresh: bool = True):
+        # fresh=False: a resume, whose own checkpoint already holds the critic (critic.from_run is not re-read,
+        # so a resumed run does not depend on the source run still being there)
+        self.fresh = fresh
         self.dist = dist or DistInfo()
         self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress and self.dist.is_main
         self.device = resolve_device(cfg.device, self.dist.local_rank)
@@ -168,7 +172,7 @@ class Trainer:
             c = cfg.critic
             self.critic = IQLCritic(self.obs_dim, self.action_dim, hidden=tuple(c.hidden), expectile=c.expectile,
                                     gamma=c.gamma, tau=c.tau, lr=c.lr, amp=c.amp).to(self.device)
-            if c.from_run:
+            if c.from_run and self.fresh:
                 self._load_critic(Path(c.from_run))
         self.behaviour = None
         if cfg.policy.algo == "gmpg":
@@ -294,6 +298,7 @@ class Trainer:
         ck.load_optimizers(self.optimizers())
         self.stage_idx, self.stage_step, self.global_step = m["stage_idx"], m["stage_step"], m["step"]
         self.adv_stats = m.get("adv_stats")
+        self.critic_source = m.get("critic_from")
         set_rng_state(m["rng"])
         rng = m["data_rng"]
         if self.dist.enabled:
@@ -513,8 +518,8 @@ def resume(run_dir: str | Path, *, progress: bool = True, stop_after: int | None
     if not cfg_path.exists():
         raise GenctlError(f"{run_dir} is not a run folder (no config.yaml)")
     cfg = build_config(TrainConfig, file=cfg_path)
-    trainer = Trainer(cfg, run_dir, progress=progress, dist=init_distributed(cfg.device))
     ck_path = latest_checkpoint(run_dir)
+    trainer = Trainer(cfg, run_dir, progress=progress, dist=init_distributed(cfg.device), fresh=ck_path is None)
     if ck_path is not None:
         trainer.restore(Checkpoint(ck_path))
         log.info("resuming %s from %s", run_dir, ck_path.name)

@@ -5,6 +5,7 @@ deployment-time action selection (best-of-N by Q, deterministic)."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import torch
 
 from genctl.apps.critic_report import critic_report, discounted_returns
 from genctl.apps.policy import LoadedPolicy
-from genctl.apps.train import train
+from genctl.apps.train import resume, train
 from genctl.config import TrainConfig, build_config, resolved_beta
 from genctl.datasets import StoreWriter
 from genctl.errors import ConfigError
@@ -154,6 +155,14 @@ def test_critic_from_run_is_reused_not_retrained(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="critic.gamma"):
         train(build_config(TrainConfig, overrides=[*base, "name=y", "critic.gamma=0.9", f"critic.from_run={src}"]),
               progress=False)
+    # a resumed run needs only its own checkpoint, not the source run
+    cut = train(build_config(TrainConfig, overrides=[*base, "name=cut", "policy.steps=20", f"critic.from_run={src}"]),
+                progress=False, stop_after=8)
+    shutil.copytree(src, tmp_path / "src-moved")
+    shutil.rmtree(src)
+    resume(cut, progress=False)
+    assert json.loads(sorted((cut / "checkpoints").glob("step-*/meta.json"))[-1].read_text())["finished"]
+    src = tmp_path / "src-moved"
     bc = train(build_config(TrainConfig, overrides=[*base, "name=bc", "policy.algo=bc", "critic.steps=0",
                                                     "policy.steps=5"]), progress=False)
     with pytest.raises(ConfigError, match="no critic"):
