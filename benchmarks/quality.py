@@ -186,6 +186,21 @@ def table(results: list[dict[str, Any]], algos: list[str], seeds: list[int], met
     return "\n".join(lines)
 
 
+def critic_line(out: Path, seeds: list[int]) -> str:
+    """Is the shared critic right? Its critic.json per seed (corr with Monte-Carlo returns, advantage spread)."""
+    reps = {s: json.loads(p.read_text()) for s in seeds if (p := out / "runs" / f"critic-s{s}" / "critic.json").exists()}
+    if not reps:
+        return ""
+
+    def cells(f) -> str:
+        return " / ".join(f(r) for r in reps.values())
+
+    return (f"critic (seeds {', '.join(map(str, reps))}): corr(Q, MC return) "
+            f"{cells(lambda r: format(r.get('q_mc_pearson', float('nan')), '.3f'))}, "
+            f"corr(A, MC advantage) {cells(lambda r: format(r.get('adv_mc_pearson', float('nan')), '.3f'))}, "
+            f"advantage std {cells(lambda r: format(r['advantage']['std'], '.3g'))}")
+
+
 def behaviour_line(store: Path, metric: str) -> str:
     """The data's own score: the bar every policy is compared against."""
     import numpy as np
@@ -267,7 +282,7 @@ def main() -> None:
     if metric == "auto":
         metric = "normalized_score" if args.ingest else "success_rate"
     rows = [a for a in algos] + [f"{a}+{m}" for a in algos for m in args.modes]
-    md = behaviour_line(store, metric) + "\n\n" + table(results, rows, seeds, metric)
+    md = behaviour_line(store, metric) + "\n" + critic_line(out, seeds) + "\n\n" + table(results, rows, seeds, metric)
     print()
     print(md)
     if errors:
