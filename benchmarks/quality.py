@@ -119,7 +119,6 @@ def shared_critic(seed: int, store: Path, args: argparse.Namespace, out: Path) -
     return run
 
 
-
 def one_run(algo: str, seed: int, store: Path, args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
     """Train (unless done) and evaluate one algo x seed; then each extra deployment mode on the same run."""
     name = f"{algo}-s{seed}"

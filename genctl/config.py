@@ -148,7 +148,8 @@ class TrainConfig(_Strict):
             raise ValueError("policy.adv_norm=none uses raw advantages, whose scale follows the rewards: set "
                              "policy.beta explicitly (docs/results.md lists the values tuned per dataset)")
         if self.eval.select == "q" and not self.has_critic:
-            raise ValueError("eval.select=q ranks candidates by Q: it needs a critic (critic.steps > 0)")
+            raise ValueError("eval.select=q ranks candidates by Q: it needs a critic (critic.steps > 0 "
+                             "or critic.from_run=RUN)")
         d = self.data
         if d.n_action_steps is not None and d.n_action_steps > d.horizon:
             raise ValueError(f"data.n_action_steps={d.n_action_steps} must be <= data.horizon={d.horizon} "
