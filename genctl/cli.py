@@ -66,9 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--obs-keys", help="comma-separated observation keys (robomimic)")
     p.add_argument("--overwrite", action="store_true")
 
-    p = sub.add_parser("export", help="write a store out as a Minari dataset")
-    p.add_argument("store")
-    p.add_argument("--minari", required=True, metavar="ID", help="dataset id, e.g. genctl/umaze-expert-v0")
+    p = sub.add_parser("export", help="write a store out as a Minari or LeRobot dataset, or a run's sampler as ONNX",
+                       description="A store goes out as a Minari dataset (--minari) or a LeRobotDataset v3.0 folder "
+                       "(--lerobot); a trained run's whole sampler goes out as one ONNX graph (--onnx).")
+    p.add_argument("src", metavar="STORE_OR_RUN", help="a store (.zarr) for --minari/--lerobot, a run for --onnx")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--minari", metavar="ID", help="Minari dataset id, e.g. genctl/umaze-expert-v0")
+    target.add_argument("--lerobot", metavar="DIR", help="write a LeRobotDataset (v3.0) folder")
+    target.add_argument("--onnx", metavar="OUT", help="write the run's sampler as an ONNX file (e.g. policy.onnx)")
     p.add_argument("--data-path", help="Minari root (default: $MINARI_DATASETS_PATH or ~/.minari/datasets)")
 
     p = sub.add_parser("info", help="summarise a store: episodes, returns, keys, size, compression")
@@ -222,9 +227,19 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    if args.lerobot:
+        from genctl.datasets.export_lerobot import export_lerobot
+
+        export_lerobot(args.src, args.lerobot)
+        return 0
+    if args.onnx:
+        from genctl.apps.onnx_export import export_onnx
+
+        export_onnx(args.src, args.onnx)
+        return 0
     from genctl.datasets import export_minari
 
-    where = export_minari(args.store, args.minari, data_path=args.data_path)
+    where = export_minari(args.src, args.minari, data_path=args.data_path)
     print(f"wrote Minari dataset {args.minari}" + (f" at {where}" if where else ""))
     return 0
 
