@@ -15,6 +15,7 @@ import yaml
 
 from genctl.config import TrainConfig, build_config
 from genctl.datasets import EpisodeStore
+from genctl.policies.optim import cpu_has_fast_bf16
 
 
 def behaviour_summary(store: Path) -> dict[str, float]:
@@ -58,9 +59,15 @@ def run_demo(out: Path, *, env_id: str | None = None, episodes: int = 30, fast: 
             workers=c["workers"], seed=c["seed"], out=store, overwrite=True, progress=progress)
     base = dict(d["train"], out_dir=str(out / "runs"))
     base["data"] = dict(base.get("data", {}), store=str(store))
+    if d.get("amp_where_fast") and cpu_has_fast_bf16():
+        # bf16 autocast of both networks: same success and smoothness on this demo (docs/results.md §3d), and
+        # what keeps it within 5 minutes on 2 cores; a CPU without bf16 instructions trains in fp32.
+        base["amp"] = True
+        base["critic"] = dict(base.get("critic", {}), amp=True)
     cfg = build_config(TrainConfig, base=base, overrides=overrides)
+    precision = "bf16 autocast" if cfg.amp else "fp32"
     print(f"[2/4] training IQL critic ({cfg.critic.steps} steps) and {cfg.policy.algo.upper()} "
-          f"{cfg.model.kind} policy ({cfg.policy.steps} steps) on {cfg.device}")
+          f"{cfg.model.kind} policy ({cfg.policy.steps} steps) on {cfg.device}, {precision}")
     run_dir = train(cfg, overwrite=True, progress=progress)
     rrd = run_dir / "rollouts.rrd"
     print(f"[3/4] closed-loop evaluation: {episodes} episodes, rerun recording -> {rrd}")

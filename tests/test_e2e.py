@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from cli_helpers import genctl_ok as cli
 from safetensors.numpy import load_file
 
@@ -127,3 +128,9 @@ def test_demo_fast_compares_with_its_data(tmp_path: Path) -> None:
     rep = json.loads((tmp_path / "runs" / "demo-gmpo" / "eval.json").read_text())
     assert (rep["select"], rep["candidates"], rep["temperature"]) == ("q", 16, 0.25)
     assert rep["return"]["n"] == 4 and (tmp_path / "runs" / "demo-gmpo" / "critic.json").exists()
+    # bf16 autocast exactly where the CPU has bf16 instructions, for both networks
+    from genctl.policies.optim import cpu_has_fast_bf16
+
+    cfg = yaml.safe_load((tmp_path / "runs" / "demo-gmpo" / "config.yaml").read_text())
+    assert bool(cfg["amp"]) is cpu_has_fast_bf16() and cfg["critic"]["amp"] is cpu_has_fast_bf16()
+    assert ("bf16 autocast" if cpu_has_fast_bf16() else "fp32") in r.stdout
