@@ -69,8 +69,24 @@ def _warning_counts(env: Any) -> dict[int, int]:
         return {}
 
 
+def wilson_interval(successes: float, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95 % Wilson score interval of a binomial proportion: stays inside [0, 1] and is not degenerate at 0 or n
+    successes, unlike mean +- t * sd / sqrt(n) (which printed [0.79, 1.01] for 27 of 30)."""
+    if n <= 0:
+        return math.nan, math.nan
+    p = successes / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def summarise(values: np.ndarray) -> dict[str, float]:
     n = len(values)
+    if n and np.isin(values, (0.0, 1.0)).all():  # a 0/1 outcome (sparse goal reward): binomial interval
+        lo, hi = wilson_interval(float(np.sum(values)), n)
+        std = float(np.std(values, ddof=1)) if n > 1 else 0.0
+        return {"mean": float(np.mean(values)), "std": std, "ci95_low": lo, "ci95_high": hi, "n": n}
     mean = float(np.mean(values)) if n else math.nan
     std = float(np.std(values, ddof=1)) if n > 1 else 0.0
     try:
@@ -266,6 +282,7 @@ def build_report(results: list[Episode], policy: LoadedPolicy, latencies: list[f
         "return": summarise(rets),
         "success_rate": float(np.mean([e.success for e in results])) if results else math.nan,
         "final_success_rate": float(np.mean([e.final_success for e in results])) if results else math.nan,
+        "success_ci95": list(wilson_interval(sum(e.success for e in results), len(results))),
         "length": summarise(np.array([e.length for e in results], dtype=np.float64)),
         # mean over episodes of mean_t mean_d |a_t - a_{t-1}|: a controller is smooth, imitated noise is not
         "action_delta": summarise(np.array([e.action_delta / max(e.length - 1, 1) for e in results], np.float64)),
@@ -290,11 +307,13 @@ def _mode(r: dict[str, Any]) -> str:
 
 def format_report(r: dict[str, Any]) -> str:
     ret = r["return"]
+    lo, hi = r.get("success_ci95") or (math.nan, math.nan)  # older eval.json files predate the interval
     lines = [
         f"env {r['env']}  episodes {ret['n']}  solver {r['solver']}/{r['steps']} steps  envs {r['envs']}  "
         f"action: {_mode(r)}",
         f"  return        {ret['mean']:9.2f} ± {ret['std']:.2f}   95% CI [{ret['ci95_low']:.2f}, {ret['ci95_high']:.2f}]",
-        f"  success rate  {100 * r['success_rate']:8.1f}%   (final-step {100 * r['final_success_rate']:.1f}%)",
+        f"  success rate  {100 * r['success_rate']:8.1f}%   95% CI [{100 * lo:.1f}, {100 * hi:.1f}] (Wilson)   "
+        f"(final-step {100 * r['final_success_rate']:.1f}%)",
     ]
     if "normalized_score" in r:
         ns = r["normalized_score"]

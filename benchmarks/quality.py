@@ -44,8 +44,9 @@ PER_ALGO = {
              "policy.behaviour_steps=3000", "policy.behaviour_lr=3e-4"],
 }
 # Extra deployment modes evaluated on the same trained run (no retraining): name -> genctl eval flags.
-EVAL_MODES = {"det": ["--deterministic"], "t05": ["--temperature", "0.5"],
-              "q16": ["--select", "q", "--candidates", "16"]}
+EVAL_MODES = {"det": ["--deterministic"], "t05": ["--temperature", "0.5"], "t025": ["--temperature", "0.25"],
+              "q16": ["--select", "q", "--candidates", "16"],
+              "q16t025": ["--select", "q", "--candidates", "16", "--temperature", "0.25"]}  # the demo's
 
 
 def sh(cmd: list[str], log: Path) -> None:
@@ -139,7 +140,7 @@ def one_run(algo: str, seed: int, store: Path, args: argparse.Namespace, out: Pa
         sh([*GENCTL, "eval", str(run), "--episodes", str(args.eval_episodes), "--envs", str(args.eval_envs)], log)
     rows = [_row(algo, seed, run, ev_path, time.time() - t0)]
     for mode in args.modes:
-        if mode == "q16" and algo == "bc":
+        if mode.startswith("q") and algo == "bc":
             continue  # BC has no critic to rank with
         mpath = run / f"eval-{mode}.json"
         t1 = time.time()
@@ -246,7 +247,7 @@ def main() -> None:
     ap.add_argument("--metric", choices=["auto", "success_rate", "normalized_score"], default="auto",
                     help="table metric; auto = normalized_score with --ingest (D4RL data), else success_rate")
     ap.add_argument("--modes", default="", help=f"extra deployment modes evaluated on each trained run, "
-                    f"comma-separated from {sorted(EVAL_MODES)} (rows algo+mode; bc skips q16)")
+                    f"comma-separated from {sorted(EVAL_MODES)} (rows algo+mode; bc skips the q modes)")
     ap.add_argument("--own-critic", action="store_true",
                     help="train a critic inside every GMPO/GMPG run instead of one shared critic per seed")
     ap.add_argument("--report-only", action="store_true", help="train nothing: tabulate the runs that have eval.json")
