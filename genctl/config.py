@@ -6,6 +6,7 @@ Load order: defaults <- YAML file (``-c FILE``) <- ``key=value`` overrides (dott
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -194,13 +195,28 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def _format_validation(err: ValidationError, source: str) -> str:
+def _sibling_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the section that holds ``loc`` (for did-you-mean), [] if the path leaves the models."""
+    node: Any = model
+    for part in loc[:-1]:
+        fields = getattr(node, "model_fields", None)
+        if not fields or part not in fields:
+            return []
+        node = fields[part].annotation
+    return list(getattr(node, "model_fields", {}) or {})
+
+
+def _format_validation(err: ValidationError, source: str, model: type[BaseModel] | None = None) -> str:
     lines = [f"invalid configuration ({source}):"]
     for e in err.errors():
         loc = ".".join(str(x) for x in e["loc"]) or "<root>"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown field"
+            close = difflib.get_close_matches(str(e["loc"][-1]), _sibling_fields(model, e["loc"]), n=1) \
+                if model is not None else []
+            if close:
+                msg += f"; did you mean {'.'.join([*map(str, e['loc'][:-1]), close[0]])}?"
         got = e.get("input")
         got_s = "" if isinstance(got, dict) else f" (got {got!r})"
         lines.append(f"  {loc}: {msg}{got_s}")
@@ -233,7 +249,7 @@ def build_config(model: type[BaseModel], *, base: dict[str, Any] | None = None, 
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_validation(e, source)) from None
+        raise ConfigError(_format_validation(e, source, model)) from None
 
 
 def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:

@@ -219,7 +219,7 @@ def train_ill_typed_list(tmp, s):
 
 def train_config_file_unknown(tmp, s):
     (tmp / "c.yaml").write_text(yaml.safe_dump({"polcy": {"algo": "gmpo"}}))
-    return [*train_on(s["store"], tmp), "-c", str(tmp / "c.yaml")], ["c.yaml", "polcy", "unknown field"]
+    return [*train_on(s["store"], tmp), "-c", str(tmp / "c.yaml")], ["c.yaml", "polcy", "unknown field", "did you mean policy?"]
 
 
 def train_config_file_ill_typed(tmp, s):

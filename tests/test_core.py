@@ -28,6 +28,9 @@ def test_config_overrides_and_yaml(tmp_path):
 
 @pytest.mark.parametrize("override, needle", [
     ("policy.bogus=1", "policy.bogus: unknown field"),
+    ("policy.betta=3", "policy.betta: unknown field; did you mean policy.beta?"),
+    ("crtic.steps=3", "crtic: unknown field; did you mean critic?"),
+    ("eval.tempreature=0.5", "did you mean eval.temperature?"),
     ("critic.lr=abc", "critic.lr"),
     ("policy.algo=ppo", "policy.algo"),
     ("data.val_frac=1.5", "data.val_frac"),
