@@ -23,6 +23,9 @@ def find_checkpoint(run: str | Path) -> Checkpoint:
     if not path.exists():
         raise GenctlError(f"{path} does not exist (expected a run folder such as runs/<name>)")
     ck = latest_checkpoint(path)
+    if ck is None and (path / "zarr.json").exists():
+        raise GenctlError(f"{path} is a dataset (a zarr store), not a run: train one first "
+                          f"(genctl train data.store={path}) and pass its folder runs/<name>")
     if ck is None:
         raise GenctlError(f"{path} has no checkpoint yet (is it a run folder? train it with genctl train)")
     return Checkpoint(ck)

@@ -383,6 +383,10 @@ def eval_no_checkpoint(tmp, s):
     return _eval(run), ["run", "no checkpoint"]
 
 
+def eval_a_store(tmp, s):
+    return _eval(s["store"]), ["is a dataset", "not a run", "genctl train data.store="]
+
+
 def eval_corrupt_weights(tmp, s):
     run, ck = run_copy(tmp, s)
     (ck / "ema.safetensors").write_bytes(b"\x00garbage" * 32)
@@ -524,7 +528,7 @@ CASES = [
     train_store_missing_key, train_existing_run,
     resume_not_a_run, resume_with_overrides, resume_corrupt_meta, resume_corrupt_config,
     resume_checkpoint_from_other_env,
-    eval_missing_run, eval_no_checkpoint, eval_corrupt_weights, eval_truncated_weights, eval_missing_weights,
+    eval_missing_run, eval_no_checkpoint, eval_a_store, eval_corrupt_weights, eval_truncated_weights, eval_missing_weights,
     eval_meta_missing_field, eval_meta_ill_typed, eval_meta_missing_norm, eval_weights_shape_mismatch,
     eval_checkpoint_from_other_env, eval_env_size_mismatch, eval_unknown_env_id, eval_zero_episodes,
     eval_zero_steps, eval_bad_rerun_mode, eval_unknown_device, eval_bad_cuda_index,
