@@ -52,7 +52,9 @@ def store_info(path: str | os.PathLike) -> dict[str, Any]:
         "path": str(store.path),
         "format_version": attrs.get("format_version"),
         "created": attrs.get("created"),
-        "source": {k: v for k, v in (attrs.get("source") or {}).items() if k in ("kind", "id", "path")},
+        # provenance: every scalar the producer recorded (expert, noise, random fraction, expert success, ...);
+        # per-episode lists (seeds) stay in the attributes
+        "source": {k: v for k, v in (attrs.get("source") or {}).items() if not isinstance(v, list | dict)},
         "env_id": (attrs.get("env") or {}).get("id"),
         "obs_keys": store.obs_keys,
         "episodes": store.n_episodes,
@@ -80,13 +82,18 @@ def _size(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
+def _fmt(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
 def format_info(info: dict[str, Any]) -> str:
     """Human-readable table of :func:`store_info`'s dict."""
     r, el = info["return"], info["episode_length"]
     src = info.get("source") or {}
     lines = [
         f"store        {info['path']}  (format v{info['format_version']}, created {info.get('created')})",
-        f"source       {src.get('kind')}  {src.get('id') or src.get('path') or ''}".rstrip(),
+        f"source       {src.get('kind')}  {src.get('id') or src.get('path') or ''}".rstrip()
+        + "".join(f"  {k} {_fmt(v)}" for k, v in src.items() if k not in ("kind", "id", "path")),
         f"env          {info.get('env_id')}" + (f"  obs_keys {info['obs_keys']}" if info.get("obs_keys") else ""),
         f"episodes     {info['episodes']}   transitions {info['transitions']}   "
         f"length min/mean/max {el['min']}/{el['mean']:.1f}/{el['max']}",

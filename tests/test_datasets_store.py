@@ -168,3 +168,28 @@ def test_deleted_and_corrupt_chunks(tmp_path, rng):
     chunk.write_bytes(saved[: len(saved) // 2])  # truncated chunk file
     with pytest.raises(DataError, match=r"store .*s\.zarr: cannot read field 'data/obs'"):
         EpisodeStore.open(target).flat_obs()
+
+
+def test_info_shows_provenance_and_survives_a_closed_pipe(tmp_path, rng):
+    """`genctl info` prints what made the store (expert, noise, expert success), not only its kind; and a reader
+    that stops early (`| head -1`) ends it quietly, without a BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "s.zarr"
+    src = {"kind": "collect", "id": "PointMaze_UMaze-v3", "expert": "maze", "noise": 0.5, "random_frac": 0.3,
+           "expert_success_rate": 0.95, "seeds": list(range(40))}
+    with StoreWriter(path, {"source": src}) as w:
+        for t in rng.integers(5, 30, 40):
+            w.add_episode(random_episode(rng, int(t)))
+    cmd = [sys.executable, "-m", "genctl", "info", str(path)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    line = next(x for x in out.splitlines() if x.startswith("source"))
+    assert all(s in line for s in ("expert maze", "noise 0.5", "random_frac 0.3", "expert_success_rate 0.95"))
+    assert "seeds" not in line  # per-episode lists stay in the attributes
+    for extra in ([], ["--json"]):
+        p = subprocess.Popen([*cmd, *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
+        p.stdout.close()  # the reader goes away before genctl (still importing) writes its first line
+        err = p.stderr.read().decode()
+        p.wait(timeout=60)
+        assert "Traceback" not in err and "BrokenPipe" not in err, err
