@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from genctl.errors import GenctlError
+from genctl.progress import progress_bar
 
 CAMERA = "default"  # images are stored as image/default (the env's default render camera)
 _WORKER: dict[str, Any] = {}
@@ -167,8 +168,6 @@ def collect(env_id: str, *, expert: str, episodes: int, noise: float, random_fra
     ``reward``, ``terminated``, ``truncated``, ``state/qpos``, ``state/qvel`` (to re-render later) and
     optionally ``image/default``; ``attrs["source"]`` records expert, noise, random_frac and seeds.
     """
-    from tqdm.auto import tqdm
-
     from genctl.datasets import StoreWriter
     from genctl.envs import describe_env, make_env, make_expert, train_seeds
 
@@ -210,9 +209,9 @@ def collect(env_id: str, *, expert: str, episodes: int, noise: float, random_fra
         "ref_max_score": info["ref_max_score"],
     }
     workers = min(workers, episodes)
-    successes, t0 = 0, time.perf_counter()
+    successes = 0
     with StoreWriter(out, attrs, overwrite=overwrite) as writer, \
-            tqdm(total=episodes, desc=f"collect {env_id}", unit="ep", disable=None if progress else True) as bar:
+            progress_bar(episodes, desc=f"collect {env_id}", unit="ep", enabled=progress) as bar:
         for i, result in enumerate(_episodes(jobs, workers, (env_id, expert, env_kwargs, images))):
             writer.add_episode(result["arrays"])
             successes += result["summary"]["success"] and not is_random[i]
@@ -221,9 +220,21 @@ def collect(env_id: str, *, expert: str, episodes: int, noise: float, random_fra
         n_expert = episodes - n_random
         # Written with the other attrs when the writer closes (StoreWriter.attrs is read at finish).
         writer.attrs["source"]["expert_success_rate"] = successes / n_expert if n_expert else None
-    if progress:
-        print(f"collected {episodes} episodes in {time.perf_counter() - t0:.1f}s -> {out}")
     return out
+
+
+def collect_summary(store: str | Path) -> str:
+    """What a collect made: episodes, transitions, the expert's success on its own episodes, random episodes."""
+    from genctl.datasets import EpisodeStore
+
+    st = EpisodeStore.open(store)
+    src = st.attrs.get("source") or {}
+    n_random = len(src.get("random_episodes") or [])
+    rate = src.get("expert_success_rate")
+    expert = (f"expert {src.get('expert')} succeeded in {100 * rate:.0f} % of its {st.n_episodes - n_random} "
+              f"episodes (action noise {src.get('noise')})" if rate is not None else "no expert episodes")
+    return (f"wrote {st.path}: {st.n_episodes} episodes, {st.n_transitions} transitions; {expert}; "
+            f"{n_random} random-action episodes")
 
 
 def run_expert(env_id: str, expert: str, episodes: int, seed: int = 0, *, noise: float = 0.0,

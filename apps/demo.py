@@ -37,7 +37,7 @@ def demo_defaults() -> dict[str, Any]:
 
 def run_demo(out: Path, *, env_id: str | None = None, episodes: int = 30, fast: bool = False,
              overrides: list[str] | None = None, progress: bool = True) -> dict[str, Any]:
-    from genctl.apps.collect import collect
+    from genctl.apps.collect import collect, collect_summary
     from genctl.apps.evaluate import evaluate, format_report
     from genctl.apps.train import train
 
@@ -57,6 +57,7 @@ def run_demo(out: Path, *, env_id: str | None = None, episodes: int = 30, fast: 
           f"random {c['random_frac']:.0%}) -> {store}")
     collect(c["env"], expert=c["expert"], episodes=c["episodes"], noise=c["noise"], random_frac=c["random_frac"],
             workers=c["workers"], seed=c["seed"], out=store, overwrite=True, progress=progress)
+    print("      " + collect_summary(store))
     base = dict(d["train"], out_dir=str(out / "runs"))
     base["data"] = dict(base.get("data", {}), store=str(store))
     if d.get("amp_where_fast") and cpu_has_fast_bf16():

@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from genctl.apps.distributed import gather, init_distributed, resolve_device
 from genctl.apps.policy import LoadedPolicy
@@ -30,6 +29,7 @@ from genctl.apps.viz import Viewer
 from genctl.envs import eval_seeds, make_env_from_info, sim_data
 from genctl.errors import GenctlError
 from genctl.fsutil import atomic_write_json
+from genctl.progress import progress_bar
 
 log = logging.getLogger("genctl.eval")
 
@@ -160,8 +160,7 @@ def evaluate(run: str | Path, *, episodes: int = 10, envs: int = 1, solver: str 
     plan: list[deque] = [deque() for _ in range(k)]  # queued actions per env (receding horizon)
     warn0: list[dict[int, int]] = [{} for _ in range(k)]
     latencies, t_start, env_steps, chunks = [], time.perf_counter(), 0, 0
-    bar = tqdm(total=len(mine), desc="eval", disable=None if progress and dinfo.is_main else True, mininterval=0.5,
-               dynamic_ncols=True)
+    bar = progress_bar(len(mine), desc="eval", unit="ep", enabled=progress and dinfo.is_main)
 
     def start(i: int) -> None:
         idx = queue.pop(0)

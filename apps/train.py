@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from genctl.apps.chunking import ChunkCritic, SeqSpec, WindowData, build_windows
 from genctl.apps.critic_report import (
@@ -42,6 +41,7 @@ from genctl.errors import ConfigError, DataError, GenctlError
 from genctl.fsutil import atomic_write_json, atomic_write_text
 from genctl.metrics import MetricsLogger
 from genctl.policies import EMA, IQLCritic, make_algorithm, make_generative_model
+from genctl.progress import progress_bar
 from genctl.run import Checkpoint, latest_checkpoint, load_module, save_checkpoint
 from genctl.seeding import rng_state, seed_everything, set_rng_state
 
@@ -156,6 +156,10 @@ class Trainer:
         windows = (build_windows(store, train_eps, self.obs_norm, self.act_norm, self.seq, self.device)
                    if self.seq.chunked else None)
         self.data = Data(tensors, len(arrays["action"]), gen, windows)
+        for what, bs in (("critic", cfg.critic.batch_size), ("policy", cfg.policy.batch_size)):
+            if bs > self.data.n and (what == "policy" or cfg.critic.steps > 0):
+                log.warning("%s.batch_size %d is larger than the %d training transitions of %s: every batch "
+                            "repeats samples (lower it, or collect more data)", what, bs, self.data.n, store.path)
         self.obs_dim = arrays["obs"].shape[1]
         self.action_dim = arrays["action"].shape[1]
 
@@ -387,8 +391,7 @@ class Trainer:
                 bs = self.cfg.critic.batch_size if stage == "critic" else self.cfg.policy.batch_size
                 bs = max(1, bs // self.dist.world)  # the configured batch is the global batch
                 self._enter_stage(stage)
-                bar = tqdm(total=total, initial=self.stage_step, desc=f"{stage:9s}", mininterval=0.5,
-                           disable=None if self.progress else True, dynamic_ncols=True, leave=True)
+                bar = progress_bar(total, desc=f"{stage:9s}", enabled=self.progress, initial=self.stage_step)
                 t0, n0 = time.perf_counter(), self.stage_step
                 nonfinite = _NonFinite()
                 while self.stage_step < total:

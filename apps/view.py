@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from genctl.apps.rollout_log import maze_walls
 from genctl.apps.viz import Viewer
 from genctl.datasets import EpisodeStore
 from genctl.errors import DataError, GenctlError
+from genctl.progress import progress_iter
 
 log = logging.getLogger("genctl.view")
 
@@ -82,7 +82,7 @@ def view_store(path: str | Path, *, episodes: str = "0:5", rerun: tuple[str, str
             if walls is not None:
                 viewer.log("maze/walls", rr.Boxes2D(centers=walls[0], half_sizes=walls[1]), static=True)
         viewer.log("store", rr.TextDocument(_describe(store)), static=True)
-        for i in tqdm(idx, desc="episodes", disable=None if progress else True):
+        for i in progress_iter(idx, desc="episodes", enabled=progress):
             ep = store.episode(i)
             p = f"ep_{i:03d}"
             t = np.arange(len(ep["action"]))

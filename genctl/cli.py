@@ -167,7 +167,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise GenctlError("--resume takes no config or overrides: the run folder's config.yaml is used")
         tr.resume(args.resume, progress=not args.quiet, stop_after=args.stop_after)
         if _main_process():
-            print(f"run: {args.resume}")
+            print(_train_summary(Path(args.resume), args.stop_after))
         return 0
     cfg = build_config(TrainConfig, file=args.config, overrides=args.overrides)
     if args.print_config:
@@ -177,9 +177,20 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     run_dir = tr.train(cfg, overwrite=args.overwrite, progress=not args.quiet, stop_after=args.stop_after)
     if _main_process():
-        print(f"run: {run_dir}")
+        print(_train_summary(run_dir, args.stop_after))
     return 0
 
+
+def _train_summary(run_dir: Path, stop_after: int | None) -> str:
+    """Where the outputs are and the next command (the first line stays ``run: DIR`` for scripts)."""
+    lines = [f"run: {run_dir}",
+             f"  config.yaml, checkpoints/, metrics.jsonl{', critic.json' if (run_dir / 'critic.json').exists() else ''}"]
+    if stop_after is not None:
+        lines.append(f"next: genctl train --resume {run_dir}   (stopped after {stop_after} steps)")
+    else:
+        lines.append(f"next: genctl eval {run_dir} --episodes 20 --rerun save {run_dir / 'rollouts.rrd'}"
+                     f"   |   genctl plot {run_dir}")
+    return "\n".join(lines)
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from genctl.apps.evaluate import evaluate, format_report
@@ -209,12 +220,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
-    from genctl.apps.collect import collect
+    from genctl.apps.collect import collect, collect_summary
 
     out = collect(args.env, expert=args.expert, episodes=args.episodes, noise=args.noise,
                   random_frac=args.random_frac, workers=args.workers, seed=args.seed, out=args.out,
                   images=args.images, overwrite=args.overwrite, progress=not args.quiet)
-    print(f"wrote {out}")
+    print(collect_summary(out))
     return 0
 
 
