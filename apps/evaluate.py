@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from genctl.apps.blueprints import RolloutLayout, rollout_blueprint
 from genctl.apps.distributed import gather, init_distributed, resolve_device
 from genctl.apps.policy import LoadedPolicy
 from genctl.apps.rollout_log import RolloutLogger
@@ -151,6 +152,12 @@ def evaluate(run: str | Path, *, episodes: int = 10, envs: int = 1, solver: str 
     logger = RolloutLogger(viewer, first, policy, candidates=cloud, frame_every=frame_every) if record else None
     n_record = episodes if rerun_episodes is None else rerun_episodes
     seeds = eval_seeds(episodes, start=seed_start)
+    if logger:
+        viewer.send_blueprint(rollout_blueprint(RolloutLayout(
+            episodes=[(i, int(seeds[i])) for i in mine if i < n_record], action_dim=policy.action_dim,
+            camera=render, maze=logger.is_maze, cloud=bool(cloud) or policy.select == "q",
+            critic=policy.critic is not None, joints=sim_data(first) is not None, chunks=policy.horizon > 1,
+            title=f"genctl eval {run_dir.name}")))
     queue = list(mine)
     gen = torch.Generator(device=policy.device).manual_seed(seed_start)
     results: list[Episode] = []

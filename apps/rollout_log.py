@@ -68,6 +68,9 @@ class RolloutLogger:
 
         self.buf[idx] = {k: [] for k in ("t", "action", "reward", "ret", "q", "v", "qpos", "qvel", "pos")}
         self.v.log(f"ep_{idx:03d}/seed", rr.TextDocument(f"episode {idx}, eval seed {seed}"), static=True)
+        # legend names per action dimension (the layout shows them stacked in one plot)
+        names = [f"a[{d}]" for d in range(int(self.policy.action_dim))]
+        self.v.log(f"ep_{idx:03d}/action/executed", rr.SeriesLines(names=names), static=True)
         goal = getattr(env.unwrapped, "goal", None)
         if self.is_maze and goal is not None:
             self.v.log(f"maze/ep_{idx:03d}/goal", rr.Points2D([np.asarray(goal)[:2]], radii=0.15,

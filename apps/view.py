@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from genctl.apps.blueprints import StoreLayout, store_blueprint
 from genctl.apps.rollout_log import maze_walls
 from genctl.apps.viz import Viewer
 from genctl.datasets import EpisodeStore
@@ -38,6 +39,9 @@ def parse_episodes(spec: str, n: int) -> list[int]:
     bad = [i for i in out if not 0 <= i < n]
     if bad:
         raise GenctlError(f"--episodes: episode {bad[0]} does not exist (store has {n} episodes)")
+    if not out:
+        raise GenctlError(f"--episodes {spec!r} selects no episode (the store has {n}; ranges are start:stop "
+                          "with start < stop, e.g. 0:5)")
     return out
 
 
@@ -82,6 +86,12 @@ def view_store(path: str | Path, *, episodes: str = "0:5", rerun: tuple[str, str
             if walls is not None:
                 viewer.log("maze/walls", rr.Boxes2D(centers=walls[0], half_sizes=walls[1]), static=True)
         viewer.log("store", rr.TextDocument(_describe(store)), static=True)
+        first = store.episode(idx[0]) if idx else {}
+        viewer.send_blueprint(store_blueprint(StoreLayout(
+            episodes=idx, images=[k.split("/", 1)[1] for k in first if k.startswith("image/")],
+            render=env is not None, maze=env is not None and getattr(env.unwrapped, "maze", None) is not None,
+            series=[k for k in ("action", "obs", "reward") if k in first] + [k for k in first if k.startswith("obs/")],
+            title=f"genctl view {Path(path).name}")))
         for i in progress_iter(idx, desc="episodes", enabled=progress):
             ep = store.episode(i)
             p = f"ep_{i:03d}"

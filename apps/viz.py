@@ -142,6 +142,10 @@ class Viewer:
         if len(steps):
             self._guard(send)
 
+    def send_blueprint(self, blueprint: Any) -> None:
+        """The recording's layout (apps/blueprints.py); saved in the .rrd and made the viewer's default."""
+        self._guard(lambda: self.rec.send_blueprint(blueprint, make_active=True, make_default=True))
+
     def close(self) -> None:
         if self.rec is not None:
             try:

@@ -60,10 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("-o", "--out", required=True, help="output store (.zarr)")
 
-    p = sub.add_parser("ingest", help="convert logged demos (Minari, D4RL-HDF5, robomimic-HDF5) into a zarr store")
-    p.add_argument("src", help="Minari dataset id or path, or an HDF5 file")
+    p = sub.add_parser("ingest", help="convert logged demos (Minari, D4RL-HDF5, robomimic-HDF5, LeRobotDataset) "
+                       "into a zarr store")
+    p.add_argument("src", help="Minari dataset id or path, an HDF5 file, or a LeRobotDataset folder")
     p.add_argument("-o", "--out", required=True)
-    p.add_argument("--format", choices=["minari", "d4rl", "robomimic"], help="default: detected")
+    p.add_argument("--format", choices=["minari", "d4rl", "robomimic", "lerobot"], help="default: detected")
     p.add_argument("--obs-keys", help="comma-separated observation keys (robomimic)")
     p.add_argument("--overwrite", action="store_true")
 
@@ -233,7 +234,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from genctl.datasets import ingest
 
     keys = [k.strip() for k in args.obs_keys.split(",")] if args.obs_keys else None
-    store = ingest(args.src, args.out, fmt=args.format, obs_keys=keys, overwrite=args.overwrite)
+    store = ingest(args.src, args.out, fmt=args.format, obs_keys=keys, overwrite=args.overwrite,
+                   progress=not args.quiet)
     print(f"wrote {store.path}: {store.n_episodes} episodes, {store.n_transitions} transitions")
     return 0
 
@@ -268,7 +270,10 @@ def cmd_view(args: argparse.Namespace) -> int:
     from genctl.apps.view import view_store
     from genctl.apps.viz import parse_rerun_arg
 
-    rerun = parse_rerun_arg(args.rerun) or ("save", str(Path(args.store).with_suffix(".rrd")))
+    rerun = parse_rerun_arg(args.rerun)
+    if rerun is None:  # no viewer asked for: a file beside the store, said out loud
+        rerun = ("save", str(Path(args.store).with_suffix(".rrd")))
+        print(f"no --rerun mode given: saving the recording to {rerun[1]} (or --rerun spawn | serve | save PATH)")
     files, url = view_store(args.store, episodes=args.episodes, rerun=rerun, render=args.render,
                             progress=not args.quiet)
     for f in files:

@@ -39,6 +39,43 @@ def test_view_records_dataset_and_rerenders(trained, tmp_path):
     assert any(k.startswith("/ep_000/image/") for k in ents), "stored camera frames not shown"
     frame = first_image(ents["/ep_002/render"])
     assert frame.max() > 30 and frame.std() > 5
+    # the layout: a tab per episode (stored camera, re-render, maze path, stacked series) and a store tab
+    from genctl.apps.blueprints import rrd_blueprint
+
+    bp = rrd_blueprint(out)
+    assert {"episode 0", "episode 2", "store"} <= set(bp["tabs"]), bp["tabs"]
+    origins = {(v["kind"], v["origin"]) for v in bp["views"]}
+    for want in (("2D", "/ep_002/render"), ("2D", "/ep_000/image/default"), ("TimeSeries", "/ep_000/action"),
+                 ("TimeSeries", "/ep_002/return"), ("TextDocument", "/store")):
+        assert want in origins, f"{want} not in {sorted(origins)}"
+
+
+def test_eval_recording_has_a_designed_layout(trained, tmp_path):
+    """The eval recording's blueprint, read back from the .rrd: one tab per recorded episode with camera, maze,
+    the candidate-action cloud (coloured by Q, executed one marked) and stacked series; an overview tab."""
+    from genctl.apps.blueprints import rrd_blueprint
+    from genctl.apps.viz import rrd_contents
+
+    _, run = trained
+    out = tmp_path / "eval.rrd"
+    cli("eval", str(run), "--episodes", "3", "--envs", "1", "--rerun-episodes", "2", "--max-episode-steps", "8",
+        "--candidates", "8", "--frame-every", "4", "--rerun", "save", str(out), "-o", str(tmp_path / "e.json"))
+    bp = rrd_blueprint(out)
+    assert sorted(bp["tabs"]) == sorted(["episode 0 (seed 1000000)", "episode 1 (seed 1000001)", "all episodes"])
+    views = {(v["kind"], v.get("name"), v["origin"]): v.get("contents") for v in bp["views"]}
+    for ep in ("ep_000", "ep_001"):
+        cloud = [c for (k, name, o), c in views.items() if o == f"/{ep}" and name.startswith("action space")]
+        assert cloud == [[f"/{ep}/action_space/**"]], views
+        for kind, origin in (("2D", f"/{ep}/camera"), ("TimeSeries", f"/{ep}/action/executed"),
+                             ("TimeSeries", f"/{ep}/critic"), ("TimeSeries", f"/{ep}/joints/qpos")):
+            assert any(k == kind and o == origin for k, _, o in views), (kind, origin)
+    assert ("TimeSeries", "return, every recorded episode", "/") in views
+    maze = views[("2D", "maze: every path", "/maze")]
+    assert "/maze/walls" in maze and "/maze/ep_001/path" in maze
+    # what the views point at was logged: the cloud's candidates and executed action, the per-dim legend
+    ents = rrd_contents(out)
+    assert {"/ep_000/action_space/candidates", "/ep_000/action_space/executed", "/ep_002/return"} & set(ents) \
+        == {"/ep_000/action_space/candidates", "/ep_000/action_space/executed"}  # episode 2 is not recorded
 
 
 def test_plot_writes_pngs(trained):

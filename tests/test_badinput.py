@@ -488,6 +488,11 @@ def view_bad_episode_spec(tmp, s):
     return ["view", str(st), "--episodes", "a:b"], ["--episodes"]
 
 
+def view_empty_episode_range(tmp, s):
+    st = store_copy(tmp, s)
+    return ["view", str(st), "--episodes", "5:2"], ["--episodes '5:2' selects no episode"]
+
+
 def view_episode_out_of_range(tmp, s):
     st = store_copy(tmp, s)
     return ["view", str(st), "--episodes", "99"], ["--episodes", "99"]
@@ -532,7 +537,7 @@ CASES = [
     eval_meta_missing_field, eval_meta_ill_typed, eval_meta_missing_norm, eval_weights_shape_mismatch,
     eval_checkpoint_from_other_env, eval_env_size_mismatch, eval_unknown_env_id, eval_zero_episodes,
     eval_zero_steps, eval_bad_rerun_mode, eval_unknown_device, eval_bad_cuda_index,
-    view_missing_store, view_bad_episode_spec, view_episode_out_of_range, view_corrupt_store, view_nan_store,
+    view_missing_store, view_bad_episode_spec, view_empty_episode_range, view_episode_out_of_range, view_corrupt_store, view_nan_store,
     info_deleted_chunk,
 ]
 
