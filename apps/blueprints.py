@@ -27,6 +27,7 @@ class RolloutLayout:
     critic: bool = False  # ep_XXX/critic/{q,v}
     joints: bool = False  # ep_XXX/joints/{qpos,qvel}
     chunks: bool = False  # ep_XXX/action/predicted_chunk
+    action_box: tuple[list[float], list[float]] | None = None  # (low, high): the 2-D cloud view's fixed bounds
     title: str = "genctl"
 
 
@@ -67,10 +68,20 @@ def _scene(rrb: Any, p: str, lay: RolloutLayout) -> list[Any]:
 
 
 def _action_space(rrb: Any, p: str, lay: RolloutLayout) -> Any:
-    view = rrb.Spatial3DView if lay.action_dim >= 3 else rrb.Spatial2DView
     contents = [f"/{p}/action_space/**"] + ([f"/{p}/action/predicted_chunk/**"] if lay.chunks else [])
     dims = "first 3 dims" if lay.action_dim > 3 else f"{lay.action_dim}-D"
-    return view(origin=f"/{p}", contents=contents, name=f"action space ({dims}): candidates by Q, executed")
+    name = f"action space ({dims}): candidates by Q, executed"
+    if lay.action_dim >= 3:
+        return rrb.Spatial3DView(origin=f"/{p}", contents=contents, name=name)
+    bounds = None
+    if lay.action_box is not None:  # the whole action box, fixed: the cloud moving inside it is the signal
+        low, high = lay.action_box
+        x = (float(low[0]), float(high[0]))
+        y = (float(low[1]), float(high[1])) if lay.action_dim >= 2 else (-1.0, 1.0)  # 1-D actions sit at y = 0
+        px, py = 0.05 * (x[1] - x[0]), 0.05 * (y[1] - y[0])
+        # the cloud is drawn y-up (a mirror on the entity, rollout_log.y_up): the view sees y as -y
+        bounds = rrb.VisualBounds2D(x_range=[x[0] - px, x[1] + px], y_range=[-y[1] - py, -y[0] + py])
+    return rrb.Spatial2DView(origin=f"/{p}", contents=contents, name=name, visual_bounds=bounds)
 
 
 def rollout_blueprint(lay: RolloutLayout) -> Any:

@@ -157,6 +157,7 @@ def evaluate(run: str | Path, *, episodes: int = 10, envs: int = 1, solver: str 
             episodes=[(i, int(seeds[i])) for i in mine if i < n_record], action_dim=policy.action_dim,
             camera=render, maze=logger.is_maze, cloud=bool(cloud) or policy.select == "q",
             critic=policy.critic is not None, joints=sim_data(first) is not None, chunks=policy.horizon > 1,
+            action_box=(policy.low.tolist(), policy.high.tolist()) if policy.low is not None else None,
             title=f"genctl eval {run_dir.name}")))
     queue = list(mine)
     gen = torch.Generator(device=policy.device).manual_seed(seed_start)

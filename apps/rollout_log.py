@@ -42,6 +42,19 @@ def q_colors(q: np.ndarray) -> np.ndarray:
     return (lo + u[:, None] * (hi - lo)).astype(np.uint8)
 
 
+# one distinct colour per action dimension in the stacked action plot (rerun's default hues are close together)
+DIM_COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+              (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+
+
+# rerun's 2-D views draw y downwards (image convention); plots of actions and maps read y upwards. A static
+# mirror on the entity flips the drawing only: the logged values stay the env's own.
+def y_up() -> Any:
+    import rerun as rr
+
+    return rr.Transform3D(scale=[1.0, -1.0, 1.0])
+
+
 def _qpos_qvel(env: Any) -> tuple[np.ndarray, np.ndarray] | None:
     data = sim_data(env)
     if data is None or not hasattr(data, "qpos"):
@@ -62,6 +75,7 @@ class RolloutLogger:
 
             self.v.log("maze/walls", rr.Boxes2D(centers=walls[0], half_sizes=walls[1], colors=[(90, 90, 110)]),
                        static=True)
+            self.v.log("maze/walls", y_up(), static=True)
 
     def start_episode(self, idx: int, seed: int, env: Any, obs: np.ndarray) -> None:
         import rerun as rr
@@ -70,7 +84,13 @@ class RolloutLogger:
         self.v.log(f"ep_{idx:03d}/seed", rr.TextDocument(f"episode {idx}, eval seed {seed}"), static=True)
         # legend names per action dimension (the layout shows them stacked in one plot)
         names = [f"a[{d}]" for d in range(int(self.policy.action_dim))]
-        self.v.log(f"ep_{idx:03d}/action/executed", rr.SeriesLines(names=names), static=True)
+        colors = [DIM_COLORS[d % len(DIM_COLORS)] for d in range(len(names))]
+        self.v.log(f"ep_{idx:03d}/action/executed", rr.SeriesLines(names=names, colors=colors), static=True)
+        if int(self.policy.action_dim) <= 2:
+            self.v.log(f"ep_{idx:03d}/action_space", y_up(), static=True)
+            self.v.log(f"ep_{idx:03d}/action/predicted_chunk", y_up(), static=True)
+        if self.is_maze:
+            self.v.log(f"maze/ep_{idx:03d}", y_up(), static=True)
         goal = getattr(env.unwrapped, "goal", None)
         if self.is_maze and goal is not None:
             self.v.log(f"maze/ep_{idx:03d}/goal", rr.Points2D([np.asarray(goal)[:2]], radii=0.15,
@@ -159,4 +179,6 @@ class RolloutLogger:
             self.v.scalars_series(f"{p}/joints/qvel", t, np.stack(b["qvel"]))
         if b["pos"]:
             self.v.set_step(int(t[-1]))
-            self.v.log(f"maze/ep_{idx:03d}/path", rr.LineStrips2D([np.stack(b["pos"])], radii=0.03))
+            # the episode's own colour, so paths stay apart on the all-episodes map
+            self.v.log(f"maze/ep_{idx:03d}/path", rr.LineStrips2D([np.stack(b["pos"])], radii=0.03,
+                                                                  colors=[DIM_COLORS[idx % len(DIM_COLORS)]]))

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from genctl.apps.blueprints import StoreLayout, store_blueprint
-from genctl.apps.rollout_log import maze_walls
+from genctl.apps.rollout_log import maze_walls, y_up
 from genctl.apps.viz import Viewer
 from genctl.datasets import EpisodeStore
 from genctl.errors import DataError, GenctlError
@@ -85,6 +85,7 @@ def view_store(path: str | Path, *, episodes: str = "0:5", rerun: tuple[str, str
             walls = maze_walls(env)
             if walls is not None:
                 viewer.log("maze/walls", rr.Boxes2D(centers=walls[0], half_sizes=walls[1]), static=True)
+                viewer.log("maze/walls", y_up(), static=True)
         viewer.log("store", rr.TextDocument(_describe(store)), static=True)
         first = store.episode(idx[0]) if idx else {}
         viewer.send_blueprint(store_blueprint(StoreLayout(
@@ -111,6 +112,7 @@ def view_store(path: str | Path, *, episodes: str = "0:5", rerun: tuple[str, str
                     viewer.set_step(k)
                     viewer.log(f"{p}/render", rr.Image(np.asarray(env.render(), np.uint8)))
                 if getattr(env.unwrapped, "maze", None) is not None:
+                    viewer.log(f"maze/{p}", y_up(), static=True)
                     viewer.log(f"maze/{p}/path", rr.LineStrips2D([qpos[:, :2]], radii=0.03))
     finally:
         if env is not None:
