@@ -100,7 +100,7 @@ def summarise(values: np.ndarray) -> dict[str, float]:
     return {"mean": mean, "std": std, "ci95_low": mean - half, "ci95_high": mean + half, "n": n}
 
 
-def evaluate(run: str | Path, *, episodes: int = 10, envs: int = 1, solver: str | None = None,
+def evaluate(run: str | Path, *, episodes: int | None = None, envs: int | None = None, solver: str | None = None,
              steps: int | None = None, seed_start: int = 0, rerun: tuple[str, str | None] | None = None,
              rerun_episodes: int | None = None, candidates: int = 64, frame_every: int = 1,
              max_episode_steps: int | None = None, device: str = "cpu", out: Path | None = None,
@@ -113,7 +113,8 @@ def evaluate(run: str | Path, *, episodes: int = 10, envs: int = 1, solver: str 
     sample one action, or sample N and execute the highest-Q one; eval.temperature: 0 = deterministic).
     ``n_action_steps``: actions executed per policy call (default: the run's ``data.n_action_steps``).
     Under torchrun the episodes are spread over the processes (episode i on rank i mod N, same seeds as a
-    single process); rank 0 gathers them, records rerun and writes the report.
+    single process); rank 0 gathers them, records rerun and writes the report. ``episodes``, ``envs`` and
+    ``max_episode_steps`` default to the run's ``eval.*`` config.
     """
     for name, value, low in (("--episodes", episodes, 1), ("--envs", envs, 1), ("--steps", steps, 1),
                              ("--candidates", candidates, 0), ("--frame-every", frame_every, 0)):
@@ -125,6 +126,11 @@ def evaluate(run: str | Path, *, episodes: int = 10, envs: int = 1, solver: str 
         dev = torch.device("cuda", dinfo.local_rank)
     policy = policy or LoadedPolicy.from_run(run, device=str(dev))
     policy.configure(select=select, candidates=select_candidates, temperature=temperature)
+    run_eval = (policy.meta.get("config") or {}).get("eval") or {}
+    episodes = int(episodes if episodes is not None else run_eval.get("episodes", 10))
+    envs = int(envs if envs is not None else run_eval.get("envs", 1))
+    if max_episode_steps is None:
+        max_episode_steps = run_eval.get("max_episode_steps")
     if policy.env_info is None:
         raise GenctlError(f"{run}: the training store recorded no env, so there is nothing to evaluate in")
     solver = solver or policy.solver

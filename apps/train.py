@@ -35,6 +35,7 @@ from genctl.apps.distributed import (
     resolve_device,
     sync_gradients,
 )
+from genctl.apps.train_monitor import ValidationLoss, periodic_eval
 from genctl.config import TrainConfig, build_config, dump_yaml, resolved_beta
 from genctl.datasets import EpisodeStore, Normalizer, episode_split, load_transitions
 from genctl.errors import ConfigError, DataError, GenctlError
@@ -113,6 +114,10 @@ class Trainer:
         if not cfg.data.store:
             raise ConfigError("data.store is empty: pass data.store=PATH/TO/STORE.zarr")
         self.store = EpisodeStore.open(cfg.data.store)
+        if not self.store.has_reward and (cfg.policy.algo != "bc" or cfg.has_critic):  # BC-only demos (LeRobot)
+            need = f"policy.algo={cfg.policy.algo}" if cfg.policy.algo != "bc" else "a critic (critic.steps > 0)"
+            raise DataError(f"store {self.store.path} has no rewards (BC-only demos) and {need} needs them; "
+                            "train behaviour cloning instead: policy.algo=bc critic.steps=0")
         self.critic_source: str | None = None
         self._build_data()
         self._build_models()
@@ -156,6 +161,8 @@ class Trainer:
         windows = (build_windows(store, train_eps, self.obs_norm, self.act_norm, self.seq, self.device)
                    if self.seq.chunked else None)
         self.data = Data(tensors, len(arrays["action"]), gen, windows)
+        self.val_loss = ValidationLoss.maybe(store, self.val_episodes, self.obs_norm, self.act_norm, self.device,
+                                             cfg.seed, self.seq.chunked)
         for what, bs in (("critic", cfg.critic.batch_size), ("policy", cfg.policy.batch_size)):
             if bs > self.data.n and (what == "policy" or cfg.critic.steps > 0):
                 log.warning("%s.batch_size %d is larger than the %d training transitions of %s: every batch "
@@ -420,6 +427,11 @@ class Trainer:
                     bar.update(1)
                     if logger and log_now:
                         metrics = {k: float(v) for k, v in metrics.items()}
+                        if self.val_loss is not None and stage in ("behaviour", "policy"):
+                            # the deployed weights (EMA when kept) on the held-out episodes
+                            model = (self.ema.module if stage == "policy" and self.ema is not None
+                                     else self.policy if stage == "policy" else self.behaviour)
+                            metrics["val_loss"] = self.val_loss(model)
                         its = (self.stage_step - n0) / max(time.perf_counter() - t0, 1e-9)
                         logger.log(self.global_step, {**metrics, "it_per_s": its}, stage=stage)
                         bar.set_postfix({k: f"{v:.3g}" for k, v in list(metrics.items())[:3]}, refresh=False)
@@ -510,7 +522,7 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, progress: bool = True, s
     if info.is_main:
         prepare_run(cfg, overwrite=overwrite)
     barrier(info)
-    trainer.run(stop_after=stop_after, on_eval=on_eval)
+    trainer.run(stop_after=stop_after, on_eval=on_eval or periodic_eval(cfg))
     return run_dir
 
 
@@ -526,5 +538,5 @@ def resume(run_dir: str | Path, *, progress: bool = True, stop_after: int | None
     if ck_path is not None:
         trainer.restore(Checkpoint(ck_path))
         log.info("resuming %s from %s", run_dir, ck_path.name)
-    trainer.run(stop_after=stop_after, on_eval=on_eval)
+    trainer.run(stop_after=stop_after, on_eval=on_eval or periodic_eval(cfg))
     return run_dir

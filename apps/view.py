@@ -104,7 +104,8 @@ def view_store(path: str | Path, *, episodes: str = "0:5", rerun: tuple[str, str
                         viewer.log(f"{p}/{key}", rr.Image(arr[k]))
                 elif arr.ndim <= 2 and (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
                     viewer.scalars_series(f"{p}/{key}", t, arr.reshape(len(arr), -1).astype(np.float64))
-            viewer.scalars_series(f"{p}/return", t, np.cumsum(ep["reward"].astype(np.float64)))
+            if "reward" in ep:  # BC-only stores (e.g. LeRobot demos without next.reward) have none
+                viewer.scalars_series(f"{p}/return", t, np.cumsum(ep["reward"].astype(np.float64)))
             if env is not None:
                 qpos, qvel = ep["state/qpos"], ep["state/qvel"]
                 for k in range(len(qpos)):

@@ -9,6 +9,7 @@ error disables logging for the rest of the run with one warning; the caller's wo
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import socket
 import subprocess
@@ -92,7 +93,8 @@ class Viewer:
             import rerun as rr
 
             self.rr = rr
-            self.rec = rr.RecordingStream(app_id)
+            # rerun wants an entry name ([A-Za-z0-9_-]); anything else draws a migration warning per recording
+            self.rec = rr.RecordingStream(re.sub(r"[^A-Za-z0-9_-]", "_", app_id))
             file = Path(arg) if kind == "save" else Path(default_file)
             file.parent.mkdir(parents=True, exist_ok=True)
             sinks: list[Any] = [rr.FileSink(str(file))]

@@ -1,11 +1,15 @@
 """Datasets benchmark: ingest speed and random-batch sampling speed (on disk vs in memory vs plain numpy).
 
-    .venv/bin/python benchmarks/datasets.py [--rows 1000000] [--batch 4096] [--threads 1]
+    .venv/bin/python benchmarks/datasets.py [--rows 1000000] [--batch 4096] [--threads 1] [--only lerobot]
 
 Prints ingest rows/s for a D4RL-like file (rows x 17 obs, next obs, rows x 6 actions) made in a temp dir, and
 random batches/s of ``batch`` transitions from: the on-disk store (zarr ``oindex`` per key), the in-memory
 ``TransitionBatcher``, and plain numpy fancy indexing of the same five in-memory arrays (the reference).
 Goals: ingest < 5 s for 1M rows; TransitionBatcher >= 0.8x numpy.
+
+LeRobot: a v3.0 dataset written like LeRobot records it (AV1, episodes concatenated in one mp4 per camera) is
+ingested, and its frames/s (parquet + video decode + store write) is compared with a plain PyAV decode of the
+same mp4 files to RGB arrays in the same run. Goal: ingest >= 0.7x plain decode.
 """
 
 from __future__ import annotations
@@ -35,7 +39,16 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4096)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (numpy indexing is single-threaded)")
     ap.add_argument("--seconds", type=float, default=2.0, help="time per sampling measurement")
+    ap.add_argument("--only", choices=["all", "d4rl", "lerobot"], default="all")
+    ap.add_argument("--lerobot-episodes", type=int, default=20)
+    ap.add_argument("--lerobot-length", type=int, default=100, help="frames per episode")
+    ap.add_argument("--lerobot-hw", type=int, default=96, help="camera frame height = width")
+    ap.add_argument("--lerobot-cameras", type=int, default=2)
     args = ap.parse_args()
+    if args.only in ("all", "lerobot"):
+        lerobot_rate(args)
+    if args.only == "lerobot":
+        return
 
     import torch
 
@@ -90,6 +103,56 @@ def main() -> None:
         print(f"  numpy fancy indexing, obs array only       {one:9.1f} batches/s   {one / ref:.2f}x")
         print(f"  in memory, TransitionBatcher.sample()      {mem:9.1f} batches/s   {mem / ref:.2f}x   (goal >= 0.8x)")
         print(f"  on disk, zarr oindex per key               {ondisk:9.1f} batches/s   {ondisk / ref:.4f}x")
+
+
+def lerobot_rate(args: argparse.Namespace) -> None:
+    import os
+
+    import av
+
+    from genctl.datasets import ingest
+    from genctl.datasets.ingest.lerobot import read_lerobot
+    from genctl.datasets.lerobot_testing import make_lerobot_dataset
+    from genctl.datasets.lerobot_video import pick_encoder
+
+    os.environ.setdefault("SVT_LOG", "1")
+    _, enc = pick_encoder("auto")
+    cams = {f"cam{i}": "video" for i in range(args.lerobot_cameras)}
+    lengths = (args.lerobot_length,) * args.lerobot_episodes
+    frames = sum(lengths) * len(cams)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        src = make_lerobot_dataset(Path(tmp) / "lr", lengths=lengths, cameras=cams, vcodec=enc,
+                                   hw=(args.lerobot_hw, args.lerobot_hw))
+        print(f"made LeRobot v3.0 dataset: {len(lengths)} episodes x {args.lerobot_length} frames x {len(cams)} "
+              f"cameras {args.lerobot_hw}x{args.lerobot_hw} ({enc}) in {time.perf_counter() - t0:.1f} s")
+        videos = sorted((src / "videos").rglob("*.mp4"))
+
+        def plain_decode() -> int:
+            n = 0
+            for v in videos:
+                with av.open(str(v)) as c:
+                    s = c.streams.video[0]
+                    s.thread_type = "AUTO"
+                    for f in c.decode(s):
+                        f.to_ndarray(format="rgb24")
+                        n += 1
+            return n
+
+        plain_decode()  # warm the page cache and the codec libraries for both measurements
+        t0 = time.perf_counter()
+        assert plain_decode() == frames
+        dec = frames / (time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        for _ in read_lerobot(src)[1]:
+            pass
+        rd = frames / (time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        ingest(src, Path(tmp) / "lr.zarr")
+        ing = frames / (time.perf_counter() - t0)
+        print(f"  plain PyAV decode to RGB (reference) {dec:9,.0f} frames/s   1.00x")
+        print(f"  LeRobot reader only (parquet+decode) {rd:9,.0f} frames/s   {rd / dec:.2f}x")
+        print(f"  genctl ingest (parquet+decode+store) {ing:9,.0f} frames/s   {ing / dec:.2f}x   (goal >= 0.7x)")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ dataset is created under a temporary datasets root and moved into place at the e
 from __future__ import annotations
 
 import contextlib
+import io
+import logging
 import os
 import shutil
 import warnings
@@ -21,6 +23,8 @@ from genctl.datasets.ingest.minari import minari_root
 from genctl.datasets.store import EpisodeStore
 from genctl.errors import DataError
 from genctl.fsutil import replace_dir, temp_sibling
+
+log = logging.getLogger("genctl.export")
 
 
 @contextlib.contextmanager
@@ -66,8 +70,9 @@ def _buffers(store: EpisodeStore) -> Iterator[Any]:
 
     obs_keys = store.obs_field_keys()
     has_next = store.has_next_obs()
+    extra = exported_extras(store)
     keys = obs_keys + (store.obs_field_keys(True) if has_next else []) + [
-        "action", "reward", "terminated", "truncated"]
+        "action", "reward", "terminated", "truncated"] + extra
     data = store.load(keys)
     starts = np.concatenate([[0], store.episode_ends[:-1]])
     for i, (a, b) in enumerate(zip(starts.tolist(), store.episode_ends.tolist(), strict=True)):
@@ -77,7 +82,29 @@ def _buffers(store: EpisodeStore) -> Iterator[Any]:
 
         obs = {n: full(f"obs/{n}") for n in store.obs_keys} if store.obs_keys else full("obs")
         yield EpisodeBuffer(id=i, observations=obs, actions=data["action"][a:b], rewards=data["reward"][a:b],
-                            terminations=data["terminated"][a:b], truncations=data["truncated"][a:b])
+                            terminations=data["terminated"][a:b], truncations=data["truncated"][a:b],
+                            infos=_infos(data, extra, a, b) if extra else None)
+
+
+def exported_extras(store: EpisodeStore) -> list[str]:
+    """The store's ``state/*`` and ``info/*`` keys: they travel as Minari step infos (T+1 rows each)."""
+    return [k for k in store.keys if k.startswith(("state/", "info/"))]
+
+
+def _infos(data: dict[str, np.ndarray], keys: list[str], a: int, b: int) -> dict[str, Any]:
+    """Minari infos have T+1 rows: the reset info, then one per step. ``state/<k>`` (the simulator state when
+    observation t was seen) goes out under ``infos["state"][k]`` as rows 0..T-1 plus the last row repeated (the
+    state after the last step is not logged); ``info/<k>`` (the info after step t) as ``infos[k]`` row t+1, with
+    row 0 (reset) a copy of the first, as Minari's own collectors write it. The Minari reader maps both back."""
+    out: dict[str, Any] = {}
+    for k in keys:
+        v = data[k][a:b]
+        group, name = k.split("/", 1)
+        if group == "state":
+            out.setdefault("state", {})[name] = np.concatenate([v, v[-1:]])
+        else:
+            out[name] = np.concatenate([v[:1], v])
+    return out
 
 
 def _env_spec_json(env: dict[str, Any]) -> str | None:
@@ -98,7 +125,8 @@ def _env_spec_json(env: dict[str, Any]) -> str | None:
         except Exception:
             if attempt:
                 return None
-            with contextlib.suppress(Exception):
+            # its import prints a notice about Adroit envs to stderr: not ours to show
+            with contextlib.suppress(Exception), contextlib.redirect_stderr(io.StringIO()):
                 import gymnasium_robotics
 
                 gym.register_envs(gymnasium_robotics)
@@ -118,11 +146,18 @@ def export_minari(store_path: str | os.PathLike, dataset_id: str, *, data_path: 
     import minari
 
     store = EpisodeStore.open(store_path)
+    if not store.has_reward:
+        raise DataError(f"store {store.path} has no rewards (BC-only demos); Minari datasets need them "
+                        "(export it with --lerobot instead)")
     root = Path(data_path) if data_path else minari_root()
     target = root / dataset_id
     if target.exists():
         raise DataError(f"Minari dataset {dataset_id!r} already exists at {target}")
     obs_space, action_space = _spaces(store)
+    left_out = [k for k in store.keys if k.startswith("image/")]
+    if left_out:  # Minari would re-encode frames into its own format; say so instead of dropping them quietly
+        log.warning("export to Minari: %s not exported (images; use --lerobot to keep camera frames)",
+                    ", ".join(left_out))
     tmp_root = temp_sibling(root / ".genctl-minari-export")
     attrs = store.attrs
     try:

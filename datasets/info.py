@@ -60,12 +60,14 @@ def store_info(path: str | os.PathLike) -> dict[str, Any]:
         "episodes": store.n_episodes,
         "transitions": store.n_transitions,
         "episode_length": {"min": int(lengths.min()), "mean": float(lengths.mean()), "max": int(lengths.max())},
+        # None: a BC-only store (no rewards, e.g. LeRobot demos without next.reward)
         "return": {"min": float(returns.min()), "mean": float(returns.mean()), "max": float(returns.max()),
-                   "std": float(returns.std())},
+                   "std": float(returns.std())} if store.has_reward else None,
         "ref_min_score": ref_min,
         "ref_max_score": ref_max,
         "normalized_return_mean": (100.0 * (float(returns.mean()) - ref_min) / (ref_max - ref_min)
-                                   if ref_min is not None and ref_max is not None and ref_max != ref_min else None),
+                                   if ref_min is not None and ref_max is not None and ref_max != ref_min
+                                   and store.has_reward else None),
         "keys": keys,
         "raw_bytes": raw,
         "disk_bytes": disk,
@@ -97,7 +99,8 @@ def format_info(info: dict[str, Any]) -> str:
         f"env          {info.get('env_id')}" + (f"  obs_keys {info['obs_keys']}" if info.get("obs_keys") else ""),
         f"episodes     {info['episodes']}   transitions {info['transitions']}   "
         f"length min/mean/max {el['min']}/{el['mean']:.1f}/{el['max']}",
-        f"return       min {r['min']:.2f}  mean {r['mean']:.2f}  max {r['max']:.2f}  std {r['std']:.2f}",
+        f"return       min {r['min']:.2f}  mean {r['mean']:.2f}  max {r['max']:.2f}  std {r['std']:.2f}" if r
+        else "return       none (no rewards: BC-only demos)",
     ]
     if info.get("normalized_return_mean") is not None:
         lines.append(f"normalized   mean {info['normalized_return_mean']:.1f}  "

@@ -35,9 +35,10 @@ def load_transitions(store: EpisodeStore, episodes: Any = None) -> dict[str, np.
     Without stored ``next_obs`` (a D4RL file lacking ``next_observations``) the next observation is the next row
     of the same episode; the last step of an episode that did not terminate has no known successor, so it is
     left out rather than bootstrapped from a wrong state."""
-    data = store.load(["action", "reward", "terminated"], episodes)
+    data = store.load(["action", "terminated"] + (["reward"] if store.has_reward else []), episodes)
     obs = store.flat_obs(False, episodes)
-    out = {"obs": obs, "action": data["action"], "reward": data["reward"].astype(np.float32),
+    reward = data["reward"] if store.has_reward else np.zeros(len(obs), np.float32)  # BC-only: unused
+    out = {"obs": obs, "action": data["action"], "reward": reward.astype(np.float32),
            "terminal": data["terminated"].astype(np.float32)}
     if store.has_next_obs():
         out["next_obs"] = store.flat_obs(True, episodes)

@@ -45,9 +45,12 @@ def obs_keys_of(keys: list[str] | tuple[str, ...]) -> list[str] | None:
     return names or None
 
 
-def check_key_set(keys: list[str], where: str) -> None:
-    """A store needs the required keys and exactly one observation layout (``obs`` or ``obs/<name>``)."""
-    missing = [k for k in REQUIRED_KEYS if k not in keys]
+def check_key_set(keys: list[str], where: str, *, reward_optional: bool = False) -> None:
+    """A store needs the required keys and exactly one observation layout (``obs`` or ``obs/<name>``).
+
+    ``reward`` may be absent only in a store marked ``has_reward: false`` (BC-only demos, e.g. LeRobot data
+    without ``next.reward``); anywhere else a missing reward is a broken store, not a choice."""
+    missing = [k for k in REQUIRED_KEYS if k not in keys and not (k == "reward" and reward_optional)]
     has_flat, has_dict = "obs" in keys, any(k.startswith("obs/") for k in keys)
     if not has_flat and not has_dict:
         missing.insert(0, "obs")

@@ -49,6 +49,9 @@ class EpisodeStore:
         path = Path(path)
         if not path.exists():
             raise DataError(f"store {path} does not exist")
+        if (path / "config.yaml").exists() or (path / "checkpoints").is_dir() or (path / "meta.json").exists():
+            raise DataError(f"{path} is a training run (or a checkpoint), not a store: pass the run's data store "
+                            f"(its config.yaml, data.store) or one made with genctl collect / ingest")
         try:
             root = zarr.open_group(path, mode="r")
             attrs = dict(root.attrs)
@@ -81,7 +84,7 @@ class EpisodeStore:
         ends = self.episode_ends
         if len(ends) == 0 or ends[0] < 1 or (np.diff(ends) < 1).any():
             raise DataError(f"{where}: field 'meta/episode_ends' must be non-empty and strictly increasing from >= 1")
-        check_key_set(list(self._arrays), where)
+        check_key_set(list(self._arrays), where, reward_optional=self.attrs.get("has_reward") is False)
         n = int(ends[-1])
         for key, arr in self._arrays.items():
             key_kind(key, where)
@@ -193,8 +196,15 @@ class EpisodeStore:
         parts = [data[k].reshape(len(data[k]), -1) for k in keys]
         return np.ascontiguousarray(parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1), np.float32)
 
+    @property
+    def has_reward(self) -> bool:
+        """False for BC-only stores (attrs ``has_reward: false``), which have no ``reward`` key."""
+        return "reward" in self._arrays
+
     def episode_returns(self) -> np.ndarray:
-        """(E,) float64 sums of reward per episode."""
+        """(E,) float64 sums of reward per episode (zeros for a store without rewards: nothing to rank)."""
+        if not self.has_reward:
+            return np.zeros(self.n_episodes)
         r = self._read("reward", slice(None)).astype(np.float64)
         starts = np.concatenate([[0], self.episode_ends[:-1]])
         return np.add.reduceat(r, starts)

@@ -166,7 +166,7 @@ class StoreWriter:
         keys = sorted(ep)
         for k in keys:
             key_kind(k, where)
-        check_key_set(keys, where)
+        check_key_set(keys, where, reward_optional=self.attrs.get("has_reward") is False)
         if self._schema is not None and keys != sorted(self._schema):
             extra, missing = set(keys) - set(self._schema), set(self._schema) - set(keys)
             raise DataError(f"{where}: keys differ from the first episode (missing {sorted(missing)}, "
@@ -191,7 +191,8 @@ class StoreWriter:
             self._buf_bytes += a.nbytes
         self._buf_rows += t
         self._ends.append((self._ends[-1] if self._ends else 0) + t)
-        self._returns.append(float(np.sum(arrays["reward"], dtype=np.float64)))
+        if "reward" in arrays:
+            self._returns.append(float(np.sum(arrays["reward"], dtype=np.float64)))
         if self._buf_rows >= self.block_rows or self._buf_bytes >= BLOCK_BYTES:
             self._flush()
 
@@ -230,7 +231,8 @@ class StoreWriter:
             parts = [stats[f"obs/{n}"] for n in names]
             stats["obs"] = {f: [v for p in parts for v in p[f]] for f in ("mean", "std", "min", "max")}
             stats["obs"]["count"] = parts[0]["count"]
-        stats["episode_return"] = _summary(np.asarray(self._returns))
+        if self._returns:
+            stats["episode_return"] = _summary(np.asarray(self._returns))
         return stats
 
     def _finish(self) -> None:
@@ -245,13 +247,14 @@ class StoreWriter:
         attrs.update(self.attrs)
         attrs["format_version"] = FORMAT_VERSION
         attrs["obs_keys"] = obs_keys_of(list(self._schema))
+        attrs["has_reward"] = "reward" in self._schema
         attrs["stats"] = self._stats_dict()
         attrs = json_clean(attrs)
         try:
             json.dumps(attrs, allow_nan=False)
         except (TypeError, ValueError) as e:
             raise DataError(f"store {self.path}: attributes are not JSON-serialisable: {e}") from None
-        self._root.attrs.update(attrs)
+        self._root.update_attributes(attrs)  # one metadata write (attrs.update rewrites zarr.json per key)
         if self.path.exists() and not self.overwrite:  # created by someone else while we were writing
             raise DataError(f"store {self.path} appeared while writing; not replaced (overwrite=False)")
         tmp, self._tmp = self._tmp, None

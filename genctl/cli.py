@@ -95,12 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a trained run in closed loop; writes eval.json")
     p.add_argument("run", help="run folder (runs/<name>) or checkpoint folder")
-    p.add_argument("--episodes", type=int, default=10)
-    p.add_argument("--envs", type=int, default=1, help="envs stepped side by side (one batched policy call)")
+    p.add_argument("--episodes", type=int, help="episodes (default: the run's eval.episodes, 10 unless set)")
+    p.add_argument("--envs", type=int, help="envs stepped side by side, one batched policy call (default: the "
+                   "run's eval.envs)")
     p.add_argument("--solver", choices=["euler", "heun", "midpoint"])
     p.add_argument("--steps", type=int, help="sampler steps (default: the run's eval.steps)")
     p.add_argument("--seed", type=int, default=0, help="first eval seed offset")
-    p.add_argument("--max-episode-steps", type=int)
+    p.add_argument("--max-episode-steps", type=int, help="default: the run's eval.max_episode_steps, else the env's")
     p.add_argument("--n-action-steps", type=int, metavar="N",
                    help="chunked policies: actions executed per policy call (default: the run's data.n_action_steps)")
     p.add_argument("--select", choices=["sample", "q"],
@@ -337,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)  # progress lines appear promptly when piped to a file
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for noisy in ("absl", "matplotlib", "PIL"):
+    for noisy in ("absl", "matplotlib", "PIL", "OpenGL"):  # OpenGL: "No OpenGL_accelerate module loaded"
         logging.getLogger(noisy).setLevel(logging.WARNING)
     ok = False
     try:

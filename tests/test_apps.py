@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from cli_helpers import genctl_ok as cli
 
@@ -21,7 +22,7 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
         "-o", str(store))
     cli("train", f"data.store={store}", f"out_dir={d}", "name=r", "critic.steps=20", "policy.steps=20",
         "model.hidden=[32,32,32]", "critic.batch_size=128", "policy.batch_size=128", "log_every=5", "threads=1",
-        "eval.steps=4")
+        "eval.steps=4", "data.val_frac=0.2", "eval.every=10", "eval.episodes=1", "eval.max_episode_steps=10")
     return store, d / "r"
 
 
@@ -76,6 +77,37 @@ def test_eval_recording_has_a_designed_layout(trained, tmp_path):
     ents = rrd_contents(out)
     assert {"/ep_000/action_space/candidates", "/ep_000/action_space/executed", "/ep_002/return"} & set(ents) \
         == {"/ep_000/action_space/candidates", "/ep_000/action_space/executed"}  # episode 2 is not recorded
+
+
+def test_training_reports_validation_loss_and_periodic_evals(trained):
+    """data.val_frac gives a held-out matching loss at every log step of the policy stage; eval.every=10 a
+    closed-loop evaluation (eval.episodes / eval.max_episode_steps of the run's config) every 10 policy steps."""
+    from genctl.metrics import read_metrics
+
+    _, run = trained
+    rows = read_metrics(run)
+    pol = [r for r in rows if r["stage"] == "policy"]
+    assert pol and all(np.isfinite(r["val_loss"]) and r["val_loss"] > 0 for r in pol)
+    assert not any("val_loss" in r for r in rows if r["stage"] == "critic")
+    evals = [r for r in rows if r["stage"] == "eval"]
+    assert [r["step"] - pol[0]["step"] + 5 for r in evals] == [10, 20]  # policy steps 10 and 20
+    reps = sorted((run / "evals").glob("step-*.json"))
+    assert len(reps) == 2
+    rep = json.loads(reps[0].read_text())
+    assert rep["return"]["n"] == 1 and rep["episodes"][0]["length"] <= 10
+    assert {"eval_success_rate", "eval_return"} <= set(evals[0])
+
+
+def test_plot_helpers_known_answers():
+    from genctl.apps.plot import smooth, stage_rows
+
+    rows = [{"step": s, "stage": "critic"} for s in (5, 10)] + [{"step": s, "stage": "policy"} for s in (15, 20)]
+    rows.append({"step": 20, "stage": "eval"})
+    st = stage_rows(rows)
+    assert st["critic"][0].tolist() == [5, 10] and st["policy"][0].tolist() == [5, 10]
+    assert st["eval"][0].tolist() == [10]  # on the policy stage's axis
+    y = smooth(np.array([0.0, np.nan, 10.0, 10.0]), frac=0.5)  # window 2: alpha 2/3
+    assert y[0] == 0 and y[1] == 0 and y[2] == pytest.approx(20 / 3) and y[3] == pytest.approx(80 / 9)
 
 
 def test_plot_writes_pngs(trained):

@@ -250,6 +250,14 @@ def train_missing_store(tmp, s):
     return train_on(tmp / "missing.zarr", tmp), ["missing.zarr", "does not exist"]
 
 
+def train_store_is_a_run(tmp, s):
+    return train_on(s["run"], tmp), ["is a training run", "not a store"]
+
+
+def info_on_a_run(tmp, s):
+    return ["info", str(s["run"])], ["is a training run", "not a store"]
+
+
 def train_store_is_file(tmp, s):
     (tmp / "file.zarr").write_text("{}")
     return train_on(tmp / "file.zarr", tmp), ["file.zarr"]
@@ -527,7 +535,7 @@ CASES = [
     train_unknown_field, train_ill_typed, train_ill_typed_list, train_config_file_unknown,
     train_config_file_ill_typed, train_config_file_not_mapping, train_config_file_bad_yaml,
     train_config_file_missing, train_bad_override_syntax,
-    train_missing_store, train_store_is_file, train_empty_store_dir, train_store_nan_obs, train_store_inf_reward,
+    train_missing_store, train_store_is_a_run, info_on_a_run, train_store_is_file, train_empty_store_dir, train_store_nan_obs, train_store_inf_reward,
     train_store_truncated_chunk, train_store_deleted_chunk, train_store_garbage_zarr_json,
     train_store_no_format_version, train_store_wrong_dtype, train_store_wrong_rows, train_store_bad_episode_ends,
     train_store_missing_key, train_existing_run,

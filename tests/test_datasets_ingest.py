@@ -229,3 +229,32 @@ def test_d4rl_store_exports_to_minari_with_env_spec(tmp_path, minari_root):
         np.testing.assert_array_equal(ep.observations[-1], f["next_observations"][59])
     again = ingest("exp/hopper-v0", tmp_path / "again.zarr")
     np.testing.assert_array_equal(again.load()["next_obs"], store.load()["next_obs"])
+
+
+def test_minari_export_keeps_sim_state_and_infos_and_says_what_it_leaves_out(tmp_path, minari_root, caplog):
+    """export --minari then ingest keeps state/qpos, state/qvel (needed to re-render) and info/*; camera frames
+    are not exported, and the export says so instead of dropping them quietly."""
+    from genctl.datasets import StoreWriter
+    from genctl.datasets.testing import random_episode
+
+    rng = np.random.default_rng(0)
+    eps = []
+    for t in (7, 4, 9):
+        ep = random_episode(rng, t)
+        ep["state/qpos"] = rng.normal(size=(t, 3))
+        ep["state/qvel"] = rng.normal(size=(t, 3))
+        ep["info/success"] = (rng.uniform(size=t) > 0.5).astype(np.float32)
+        ep["image/front"] = rng.integers(0, 255, (t, 8, 8, 3), dtype=np.uint8)
+        eps.append(ep)
+    with StoreWriter(tmp_path / "s.zarr", {"source": {"kind": "collect"}}) as w:
+        for ep in eps:
+            w.add_episode(ep)
+    with caplog.at_level("WARNING", logger="genctl.export"):
+        export_minari(tmp_path / "s.zarr", "exp/state-v0")
+    assert "image/front not exported" in caplog.text
+    back = ingest("exp/state-v0", tmp_path / "back.zarr")
+    assert {"state/qpos", "state/qvel", "info/success"} <= set(back.keys)
+    for i, ep in enumerate(eps):
+        got = back.episode(i)
+        for k in ("state/qpos", "state/qvel", "info/success", "obs", "action", "reward"):
+            np.testing.assert_allclose(got[k], ep[k], rtol=1e-6, err_msg=k)

@@ -59,3 +59,24 @@ def test_collect_and_train_report_to_a_file(tmp_path: Path) -> None:
     assert any(x.startswith("policy") and "/12 (" in x and "loss" in x and "ETA" in x for x in lines), r.stdout
     assert f"run: {run}" in lines and any(x.startswith(f"next: genctl eval {run}") for x in lines)
     assert "policy.batch_size 100000 is larger than the" in r.stderr + r.stdout
+
+
+@pytest.mark.e2e
+def test_view_and_export_are_quiet(tmp_path: Path) -> None:
+    """No third-party noise on stderr: rerun's application-id migration warning (view), PyOpenGL's accelerate
+    notice and gymnasium-robotics' Adroit notice (export)."""
+    env = dict(os.environ, MUJOCO_GL="egl", OMP_NUM_THREADS="1", MINARI_DATASETS_PATH=str(tmp_path / "minari"))
+    store = tmp_path / "m.zarr"
+
+    def genctl(*args: str) -> subprocess.CompletedProcess:
+        r = subprocess.run([sys.executable, "-m", "genctl", "--quiet", *args], capture_output=True, text=True,
+                           env=env, timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+        return r
+
+    genctl("collect", "PointMaze_UMaze-v3", "--expert", "maze", "--episodes", "3", "-o", str(store))
+    r = genctl("view", str(store), "--episodes", "0:2", "--rerun", "save", str(tmp_path / "v.rrd"))
+    assert r.stderr.strip() == "", r.stderr
+    r = genctl("export", str(store), "--minari", "gen/umaze-v0")
+    assert r.stderr.strip() == "", r.stderr
+    assert "wrote Minari dataset gen/umaze-v0" in r.stdout

@@ -1,4 +1,4 @@
-"""Ingest logged demonstrations (Minari, D4RL-HDF5, robomimic-HDF5) into a zarr episode store.
+"""Ingest logged demonstrations (Minari, D4RL-HDF5, robomimic-HDF5, LeRobotDataset) into a zarr episode store.
 
 Each reader validates its source and yields episodes in store keys; :class:`StoreWriter` does the rest, so a
 bad file or a killed process never leaves a partial store at ``out``.
@@ -13,15 +13,19 @@ from genctl.datasets.store import EpisodeStore
 from genctl.datasets.writer import StoreWriter
 from genctl.errors import DataError
 
-FORMATS = ("minari", "d4rl", "robomimic")
+FORMATS = ("minari", "d4rl", "robomimic", "lerobot")
 
 
 def detect_format(src: str | os.PathLike) -> str:
-    """minari for a dataset folder or id; for HDF5 files: robomimic if ``data/demo_*``, d4rl if ``observations``."""
+    """lerobot for a folder with meta/info.json; minari for a dataset folder or id; for HDF5 files: robomimic if
+    ``data/demo_*``, d4rl if ``observations``."""
     from genctl.datasets.ingest.common import open_h5
+    from genctl.datasets.ingest.lerobot import is_lerobot
     from genctl.datasets.ingest.minari import resolve_minari
 
     p = Path(src)
+    if p.is_dir() and is_lerobot(p):
+        return "lerobot"
     if p.is_file():
         with open_h5(p) as f:
             if "data" in f and any(str(n).startswith("demo_") for n in f["data"]):
@@ -33,13 +37,15 @@ def detect_format(src: str | os.PathLike) -> str:
     if resolve_minari(src) is not None:
         return "minari"
     if p.exists():
-        raise DataError(f"{p}: not a Minari dataset folder (no data/metadata.json) or an HDF5 file")
+        raise DataError(f"{p}: not a Minari dataset folder (no data/metadata.json), a LeRobotDataset folder "
+                        "(no meta/info.json) or an HDF5 file")
     raise DataError(f"{src}: no such file, folder or local Minari dataset id")
 
 
 def ingest(src: str | os.PathLike, out: str | os.PathLike, *, fmt: str | None = None,
-           obs_keys: list[str] | None = None, overwrite: bool = False) -> EpisodeStore:
-    """Convert ``src`` into a store at ``out`` and return it opened (validated)."""
+           obs_keys: list[str] | None = None, overwrite: bool = False, progress: bool = False) -> EpisodeStore:
+    """Convert ``src`` into a store at ``out`` and return it opened (validated); ``progress`` shows a bar
+    (LeRobot, which streams episode by episode)."""
     out = Path(out)
     if out.exists() and not overwrite:
         raise DataError(f"store {out} already exists (pass overwrite=True to replace it)")
@@ -50,6 +56,12 @@ def ingest(src: str | os.PathLike, out: str | os.PathLike, *, fmt: str | None = 
         from genctl.datasets.ingest.d4rl import read_d4rl as reader
     elif fmt == "robomimic":
         from genctl.datasets.ingest.robomimic import read_robomimic as reader
+    elif fmt == "lerobot":
+        from functools import partial
+
+        from genctl.datasets.ingest.lerobot import read_lerobot
+
+        reader = partial(read_lerobot, progress=progress)
     else:
         raise DataError(f"unknown format {fmt!r}: expected one of {', '.join(FORMATS)}")
     attrs, episodes = reader(src, obs_keys)

@@ -43,6 +43,11 @@ def read_h5(group: Any, name: str, path: Path, numeric: bool = True) -> np.ndarr
     return arr
 
 
+def one_line(e: BaseException) -> str:
+    """An exception's message on one line (arrow and libav messages span several; errors print one line)."""
+    return " ".join(str(e).split())
+
+
 def check_numeric(arr: np.ndarray, where: str) -> None:
     if arr.dtype.kind not in "biuf":
         raise DataError(f"{where} has dtype {arr.dtype}, expected numbers")

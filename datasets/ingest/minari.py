@@ -143,6 +143,10 @@ def _episodes(ds: Any, obs_keys: list[str] | None, where: Path) -> Iterator[dict
         infos: dict[str, np.ndarray] = {}
         _flatten("", ep.infos or {}, infos)
         for k, v in infos.items():
-            if v.dtype.kind in "biuf" and v.ndim >= 1 and len(v) in (t, t + 1):
+            if not (v.dtype.kind in "biuf" and v.ndim >= 1 and len(v) in (t, t + 1)):
+                continue
+            if k.startswith("state/") and len(v) == t + 1:  # genctl's export: the sim state at each observation
+                out[k] = v[:t]
+            else:
                 out[f"info/{k}"] = v[1:] if len(v) == t + 1 else v  # the info after each step
         yield out
