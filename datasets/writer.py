@@ -42,8 +42,18 @@ def numeric_compressor() -> BloscCodec:
     return BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
 
 
+IMAGE_ZSTD_LEVEL = 3
+
+
 def image_compressor() -> ZstdCodec:
-    return ZstdCodec(level=3)
+    return ZstdCodec(level=IMAGE_ZSTD_LEVEL)
+
+
+def _zstd() -> Any:
+    """The same zstd (level, no checksum) as ``image_compressor``, as a direct encoder for frame chunks."""
+    from numcodecs import Zstd
+
+    return Zstd(level=IMAGE_ZSTD_LEVEL)
 
 
 class RunningStats:
@@ -199,13 +209,17 @@ class StoreWriter:
     def _create(self, key: str, block: np.ndarray) -> zarr.Array:
         data = self._root["data"]
         if key_kind(key) == "image":
-            chunks, comp = (1, *block.shape[1:]), image_compressor()
-        else:
-            row = max(1, block.dtype.itemsize * int(np.prod(block.shape[1:], dtype=np.int64)))
-            rows = int(min(max(CHUNK_BYTES // row, 1024), 1 << 20, max(len(block), 1024)))
-            chunks, comp = (rows, *block.shape[1:]), numeric_compressor()
-        return data.create_array(key, shape=(0, *block.shape[1:]), chunks=chunks, dtype=block.dtype,
-                                 compressors=[comp], config={"write_empty_chunks": True})
+            # one chunk per frame, named c.<frame>.0.0.0 in one folder: the default "/" separator makes three
+            # nested folders per frame, and their mkdirs cost more than encoding the frame
+            return data.create_array(key, shape=(0, *block.shape[1:]), chunks=(1, *block.shape[1:]),
+                                     dtype=block.dtype, compressors=[image_compressor()],
+                                     chunk_key_encoding={"name": "default", "separator": "."},
+                                     config={"write_empty_chunks": True})
+        row = max(1, block.dtype.itemsize * int(np.prod(block.shape[1:], dtype=np.int64)))
+        rows = int(min(max(CHUNK_BYTES // row, 1024), 1 << 20, max(len(block), 1024)))
+        return data.create_array(key, shape=(0, *block.shape[1:]), chunks=(rows, *block.shape[1:]),
+                                 dtype=block.dtype, compressors=[numeric_compressor()],
+                                 config={"write_empty_chunks": True})
 
     def _flush(self) -> None:
         if not self._buf_rows:
@@ -217,11 +231,32 @@ class StoreWriter:
             if arr is None:
                 arr = self._arrays[key] = self._create(key, block)
             arr.resize((stop, *block.shape[1:]))
-            arr[start:stop] = block
+            if key_kind(key) == "image":
+                self._write_frames(arr, start, block)
+            else:
+                arr[start:stop] = block
             if key_kind(key) in STAT_KINDS and not is_next_obs_key(key):  # next_obs ~ obs; not needed
                 self._stats.setdefault(key, RunningStats()).update(block)
         self._written = stop
         self._buf, self._buf_rows, self._buf_bytes = {}, 0, 0
+
+    def _write_frames(self, arr: zarr.Array, start: int, block: np.ndarray) -> None:
+        """One chunk file per frame, encoded here and written straight into the (local, temporary) store.
+
+        zarr-python's slice write costs ~1.1 ms per chunk in its async pipeline, 4x the zstd encode itself, and
+        images are chunked per frame; so frames are encoded with the array's own codec settings (raw C-order
+        bytes, zstd level 3 — exactly what the array's metadata declares, and zarr reads them back as its own)
+        under the array's own chunk keys. Measured: 860 -> 3140 frames/s for 96x96 RGB."""
+        assert self._tmp is not None
+        base = self._tmp / arr.store_path.path
+        encode_key = arr.metadata.chunk_key_encoding.encode_chunk_key
+        zeros, codec = (0,) * (block.ndim - 1), _zstd()
+        files = [base / encode_key((start + i, *zeros)) for i in range(len(block))]
+        for d in {f.parent for f in files}:
+            d.mkdir(parents=True, exist_ok=True)
+
+        for f, frame in zip(files, block, strict=True):  # (a thread pool here measured slower on 2 cores)
+            f.write_bytes(codec.encode(np.ascontiguousarray(frame)))
 
     # --- finish ---------------------------------------------------------------------------------------------
     def _stats_dict(self) -> dict[str, Any]:
