@@ -23,6 +23,7 @@ class RolloutLayout:
     action_dim: int
     camera: bool = False  # ep_XXX/camera frames
     maze: bool = False  # maze/walls, maze/ep_XXX/{path,position,goal}
+    trace: bool = False  # scene/ep_XXX/{trace,position}: torso (side view) or gripper (top view), non-maze envs
     cloud: bool = False  # ep_XXX/action_space/{candidates,executed}
     critic: bool = False  # ep_XXX/critic/{q,v}
     joints: bool = False  # ep_XXX/joints/{qpos,qvel}
@@ -64,6 +65,8 @@ def _scene(rrb: Any, p: str, lay: RolloutLayout) -> list[Any]:
     if lay.maze:
         out.append(rrb.Spatial2DView(origin="/maze", contents=["/maze/walls", f"/maze/{p}/**"],
                                      name="maze: path, position, goal"))
+    if lay.trace:
+        out.append(rrb.Spatial2DView(origin="/scene", contents=[f"/scene/{p}/**"], name="trace: where the robot went"))
     return out
 
 
@@ -96,6 +99,9 @@ def rollout_blueprint(lay: RolloutLayout) -> Any:
         tabs.append(rrb.Horizontal(*cols, name=f"episode {idx} (seed {seed})"))
     overview = [rrb.TimeSeriesView(origin="/", contents=[f"/{_ep(i)}/return" for i, _ in lay.episodes],
                                    name="return, every recorded episode")]
+    if lay.trace:
+        overview.insert(0, rrb.Spatial2DView(origin="/scene", contents=[f"/scene/{_ep(i)}/trace" for i, _ in lay.episodes],
+                                             name="every episode's trace"))
     if lay.maze:
         paths = [f"/maze/{_ep(i)}/{k}" for i, _ in lay.episodes for k in ("path", "goal")]
         overview.insert(0, rrb.Spatial2DView(origin="/maze", contents=["/maze/walls", *paths], name="maze: every path"))

@@ -25,7 +25,7 @@ import torch
 from genctl.apps.blueprints import RolloutLayout, rollout_blueprint
 from genctl.apps.distributed import gather, init_distributed, resolve_device
 from genctl.apps.policy import LoadedPolicy
-from genctl.apps.rollout_log import RolloutLogger
+from genctl.apps.rollout_log import RolloutLogger, trace_point
 from genctl.apps.viz import Viewer
 from genctl.envs import eval_seeds, make_env_from_info, sim_data
 from genctl.errors import GenctlError
@@ -161,7 +161,8 @@ def evaluate(run: str | Path, *, episodes: int | None = None, envs: int | None =
     if logger:
         viewer.send_blueprint(rollout_blueprint(RolloutLayout(
             episodes=[(i, int(seeds[i])) for i in mine if i < n_record], action_dim=policy.action_dim,
-            camera=render, maze=logger.is_maze, cloud=bool(cloud) or policy.select == "q",
+            camera=render, maze=logger.is_maze, trace=not logger.is_maze and trace_point(first) is not None,
+            cloud=bool(cloud) or policy.select == "q",
             critic=policy.critic is not None, joints=sim_data(first) is not None, chunks=policy.horizon > 1,
             action_box=(policy.low.tolist(), policy.high.tolist()) if policy.low is not None else None,
             title=f"genctl eval {run_dir.name}")))

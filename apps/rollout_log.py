@@ -55,6 +55,28 @@ def y_up() -> Any:
     return rr.Transform3D(scale=[1.0, -1.0, 1.0])
 
 
+# planar locomotion moves in x (forward) and z (up): a side view; everything else is traced from above
+_SIDE_VIEW = ("Hopper", "Walker", "HalfCheetah", "Swimmer", "hopper", "walker", "cheetah")
+
+
+def trace_point(env: Any) -> np.ndarray | None:
+    """Where the robot is, for the 2-D scene of non-maze envs: the gripper site of Fetch-like arms, else the
+    first body's position (the torso of a walker), as (x, z) for planar locomotion and (x, y) otherwise."""
+    data = sim_data(env)
+    if data is None or not hasattr(data, "xpos") or len(data.xpos) < 2:
+        return None
+    model = getattr(env.unwrapped, "model", None)
+    pos = np.asarray(data.xpos[1], np.float64)
+    if model is not None and getattr(model, "nsite", 0):
+        import mujoco
+
+        sid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_SITE, "robot0:grip")
+        if sid >= 0:
+            pos = np.asarray(data.site_xpos[sid], np.float64)
+    side = any(s in str(getattr(getattr(env, "spec", None), "id", "")) for s in _SIDE_VIEW)
+    return pos[[0, 2]] if side else pos[:2]
+
+
 def _qpos_qvel(env: Any) -> tuple[np.ndarray, np.ndarray] | None:
     data = sim_data(env)
     if data is None or not hasattr(data, "qpos"):
@@ -80,7 +102,7 @@ class RolloutLogger:
     def start_episode(self, idx: int, seed: int, env: Any, obs: np.ndarray) -> None:
         import rerun as rr
 
-        self.buf[idx] = {k: [] for k in ("t", "action", "reward", "ret", "q", "v", "qpos", "qvel", "pos")}
+        self.buf[idx] = {k: [] for k in ("t", "action", "reward", "ret", "q", "v", "qpos", "qvel", "pos", "trace")}
         self.v.log(f"ep_{idx:03d}/seed", rr.TextDocument(f"episode {idx}, eval seed {seed}"), static=True)
         # legend names per action dimension (the layout shows them stacked in one plot)
         names = [f"a[{d}]" for d in range(int(self.policy.action_dim))]
@@ -91,6 +113,8 @@ class RolloutLogger:
             self.v.log(f"ep_{idx:03d}/action/predicted_chunk", y_up(), static=True)
         if self.is_maze:
             self.v.log(f"maze/ep_{idx:03d}", y_up(), static=True)
+        else:
+            self.v.log(f"scene/ep_{idx:03d}", y_up(), static=True)
         goal = getattr(env.unwrapped, "goal", None)
         if self.is_maze and goal is not None:
             self.v.log(f"maze/ep_{idx:03d}/goal", rr.Points2D([np.asarray(goal)[:2]], radii=0.15,
@@ -133,6 +157,11 @@ class RolloutLogger:
             if self.is_maze:
                 b["pos"].append(joints[0][:2])
                 self.v.log(f"maze/ep_{idx:03d}/position", rr.Points2D([joints[0][:2]], radii=0.08))
+        if not self.is_maze:
+            point = trace_point(env)
+            if point is not None:
+                b["trace"].append(point)
+                self.v.log(f"scene/ep_{idx:03d}/position", rr.Points2D([point], radii=0.04))
         if self.frame_every and t % self.frame_every == 0:
             frame = env.render()
             if frame is not None:
@@ -177,6 +206,10 @@ class RolloutLogger:
         if b["qpos"]:
             self.v.scalars_series(f"{p}/joints/qpos", t, np.stack(b["qpos"]))
             self.v.scalars_series(f"{p}/joints/qvel", t, np.stack(b["qvel"]))
+        if b["trace"]:
+            self.v.set_step(int(t[-1]))
+            self.v.log(f"scene/ep_{idx:03d}/trace", rr.LineStrips2D([np.stack(b["trace"])], radii=0.01,
+                                                                   colors=[DIM_COLORS[idx % len(DIM_COLORS)]]))
         if b["pos"]:
             self.v.set_step(int(t[-1]))
             # the episode's own colour, so paths stay apart on the all-episodes map
