@@ -145,3 +145,18 @@ def test_nonfinite_checker_reads_device_flags_only_when_asked() -> None:
     nf.add({"loss": torch.tensor(float("inf")), "q": torch.tensor(3.0)})
     nf.add({"loss": torch.tensor(0.5), "q": torch.tensor(3.0)})  # a later finite value does not clear the flag
     assert nf.lazy and nf.check() == ["loss"] and nf.check() == []
+
+
+def test_trace_point_side_view_for_walkers_top_view_for_arms():
+    from genctl.apps.rollout_log import trace_point
+    from genctl.envs import make_env
+
+    env = make_env("Hopper-v5")
+    try:
+        env.reset(seed=0)
+        p = trace_point(env)
+        torso = env.unwrapped.data.xpos[1]
+        assert p is not None and np.allclose(p, [torso[0], torso[2]])  # x forward, z up
+        assert p[1] > 1.0  # the torso stands ~1.25 m above the floor
+    finally:
+        env.close()
