@@ -142,6 +142,44 @@ def build_parser() -> argparse.ArgumentParser:
                    help="actions of each predicted chunk executed before replanning (default: the run's "
                         "data.n_action_steps; 1 = replan every tick)")
 
+    p = sub.add_parser("serve", help="serve a policy over websockets (msgpack) to robots in other processes",
+                       description="Serve a trained run (or an ONNX export, without torch) to robot processes: a "
+                       "client sends an observation (or its history; images as uint8 arrays or JPEG/PNG bytes) "
+                       "and gets an action chunk with per-action timestamps, the policy version and the server "
+                       "latency. Requests from several clients are batched into one policy call. Binds "
+                       "127.0.0.1; any other --host needs a token. Client: genctl.apps.client.PolicyClient.")
+    p.add_argument("run", nargs="?", help="run folder or checkpoint folder (or give --onnx instead)")
+    p.add_argument("--onnx", metavar="FILE", help="serve an ONNX export (genctl export RUN --onnx FILE) without torch")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 = any free port)")
+    p.add_argument("--device", default="cpu", help="where a run's policy runs: cpu, cuda, cuda:N or auto")
+    p.add_argument("--token", help="shared secret every request must carry (default: $GENCTL_SERVE_TOKEN); "
+                   "required unless --host is a loopback address")
+    p.add_argument("--max-bytes", type=int, default=8 << 20, help="largest request accepted (default 8 MiB)")
+    p.add_argument("--batch-window-ms", type=float, default=1.0,
+                   help="how long a request waits for others to share its policy call (default 1 ms)")
+    p.add_argument("--max-batch", type=int, default=16, help="most requests in one policy call (1 = no batching)")
+    p.add_argument("--fps", type=float, default=10.0,
+                   help="action spacing of the reply timestamps when a request gives no dt (default 10 Hz)")
+
+    p = sub.add_parser("robot-sim", help="a MuJoCo env acting as a robot of a genctl serve server, at a fixed rate",
+                       description="Step the env at --hz in this process, requesting action chunks from the server "
+                       "asynchronously (the next chunk is asked for --ahead ticks before the current one runs out) "
+                       "and report return/success per episode (eval seeds, comparable with genctl eval), deadline "
+                       "misses and end-to-end latency p50/p99. Writes RUN/robot_sim.json for a run.")
+    p.add_argument("target", metavar="RUN_OR_ENV", help="a run folder (its env and eval.max_episode_steps) or an env id")
+    p.add_argument("--server", default="127.0.0.1:8765", help="server address host:port (default 127.0.0.1:8765)")
+    p.add_argument("--hz", type=float, required=True, help="control rate")
+    p.add_argument("--episodes", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0, help="first eval seed offset (as genctl eval --seed)")
+    p.add_argument("--ahead", type=int, metavar="K", help="request each chunk K ticks before it is needed (default "
+                   "1 when the horizon allows; 0 = plan at the chunk boundary, exactly like genctl eval)")
+    p.add_argument("--max-steps", type=int, help="stop each episode after N ticks (default: the run's "
+                   "eval.max_episode_steps)")
+    p.add_argument("--token", help="the server's token (default: $GENCTL_SERVE_TOKEN)")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for a reply before giving up")
+    p.add_argument("-o", "--out", help="report path (default: RUN/robot_sim.json for a run; none for an env id)")
+
     p = sub.add_parser("plot", help="PNG learning curves and action-sample distributions of a run")
     p.add_argument("run", help="run folder")
     p.add_argument("--states", type=int, default=6, help="states at which to draw action samples")
@@ -298,6 +336,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from genctl.apps.serve import TOKEN_ENV, ServeConfig, serve_policy
+
+    cfg = ServeConfig(host=args.host, port=args.port, token=args.token or os.environ.get(TOKEN_ENV) or None,
+                      max_bytes=args.max_bytes, batch_window_ms=args.batch_window_ms, max_batch=args.max_batch,
+                      fps=args.fps)
+    serve_policy(args.run, onnx=args.onnx, device=args.device, config=cfg)
+    return 0
+
+
+def cmd_robot_sim(args: argparse.Namespace) -> int:
+    from genctl.apps.robot_sim import format_report, robot_sim
+
+    r = robot_sim(args.target, server=args.server, hz=args.hz, episodes=args.episodes, seed=args.seed,
+                  ahead=args.ahead, max_steps=args.max_steps, token=args.token, out=args.out, timeout=args.timeout)
+    print(format_report(r))
+    if "path" in r:
+        print(f"wrote {r['path']}")
+    return 0
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     from genctl.apps.plot import plot_run
 
@@ -330,7 +389,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "collect": cmd_collect, "ingest": cmd_ingest,
             "export": cmd_export, "info": cmd_info, "view": cmd_view, "envs": cmd_envs, "demo": cmd_demo,
-            "run": cmd_run, "plot": cmd_plot}
+            "run": cmd_run, "plot": cmd_plot, "serve": cmd_serve, "robot-sim": cmd_robot_sim}
 
 
 def main(argv: list[str] | None = None) -> int:

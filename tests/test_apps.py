@@ -147,7 +147,7 @@ def test_nonfinite_checker_reads_device_flags_only_when_asked() -> None:
     assert nf.lazy and nf.check() == ["loss"] and nf.check() == []
 
 
-def test_trace_point_side_view_for_walkers_top_view_for_arms():
+def test_trace_point_is_a_side_view_for_walkers():
     from genctl.apps.rollout_log import trace_point
     from genctl.envs import make_env
 

@@ -117,7 +117,8 @@ def _cli(*args, cwd=None):
 def test_cli_help_lists_subcommands_and_each_has_help():
     r = _cli("--help")
     assert r.returncode == 0
-    cmds = ["demo", "collect", "ingest", "export", "info", "train", "eval", "view", "run", "plot", "envs"]
+    cmds = ["demo", "collect", "ingest", "export", "info", "train", "eval", "view", "run", "plot", "envs", "serve",
+            "robot-sim"]
     for c in cmds:
         assert c in r.stdout
     for c in cmds:
