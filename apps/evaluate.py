@@ -140,7 +140,7 @@ def evaluate(run: str | Path, *, episodes: int | None = None, envs: int | None =
     spec = policy.seq.with_action_steps(n_action_steps)
     steps = steps or policy.steps
     run_dir = Path(run) if (Path(run) / "config.yaml").exists() else policy.ck.path.parent.parent
-    out = Path(out) if out else run_dir / "eval.json"
+    keep = None if out else run_dir / "evals"  # default: every eval kept, eval.json = the latest
     overrides = {"max_episode_steps": max_episode_steps} if max_episode_steps else {}
     viewer = Viewer(rerun if dinfo.is_main else None, app_id=f"genctl-eval-{run_dir.name}",
                     default_file=run_dir / "rollouts.rrd")
@@ -277,6 +277,19 @@ def evaluate(run: str | Path, *, episodes: int | None = None, envs: int | None =
         report["rerun_files"] = [str(p) for p in viewer.files]
     if viewer.url:
         report["rerun_url"] = viewer.url
+    if keep is not None:
+        # evals/<time>-<solver>-<steps>[-<mode>].json never overwrite each other; eval.json is the latest one
+        tags = [time.strftime("%Y%m%d-%H%M%S"), solver, str(steps)]
+        if report.get("select") == "q":
+            tags.append(f"q{report['candidates']}")
+        if report.get("temperature", 1.0) != 1.0:
+            tags.append(f"t{report['temperature']:g}")
+        kept, k = keep / f"{'-'.join(tags)}.json", 1
+        while kept.exists():  # two evals within a second
+            kept, k = keep / f"{'-'.join(tags)}-{k}.json", k + 1
+        report["kept_as"] = str(kept)
+        atomic_write_json(kept, report)
+        out = run_dir / "eval.json"
     atomic_write_json(out, report)
     report["path"] = str(out)
     return report

@@ -160,3 +160,14 @@ def test_trace_point_is_a_side_view_for_walkers():
         assert p[1] > 1.0  # the torso stands ~1.25 m above the floor
     finally:
         env.close()
+
+
+def test_evals_are_kept_and_eval_json_is_the_latest(trained):
+    _, run = trained
+    before = set((run / "evals").glob("2*.json")) if (run / "evals").exists() else set()
+    cli("eval", str(run), "--episodes", "1", "--max-episode-steps", "5", "--frame-every", "0")
+    cli("eval", str(run), "--episodes", "1", "--max-episode-steps", "5", "--frame-every", "0", "--temperature", "0.5")
+    new = sorted(set((run / "evals").glob("2*.json")) - before, key=lambda p: p.stat().st_mtime_ns)
+    assert len(new) == 2 and new[0].name.endswith("-euler-4.json") and new[1].name.endswith("-euler-4-t0.5.json")
+    latest = json.loads((run / "eval.json").read_text())
+    assert latest["kept_as"] == str(new[1]) and latest["temperature"] == 0.5
