@@ -149,25 +149,30 @@ def build_parser() -> argparse.ArgumentParser:
                        "latency. Requests from several clients are batched into one policy call. Binds "
                        "127.0.0.1; any other --host needs a token. Client: genctl.apps.client.PolicyClient.")
     p.add_argument("run", nargs="?", help="run folder or checkpoint folder (or give --onnx instead)")
-    p.add_argument("--onnx", metavar="FILE", help="serve an ONNX export (genctl export RUN --onnx FILE) without torch")
+    p.add_argument("--onnx", metavar="FILE",
+                   help="serve an ONNX export (genctl export RUN --onnx FILE) without torch")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 = any free port)")
     p.add_argument("--device", default="cpu", help="where a run's policy runs: cpu, cuda, cuda:N or auto")
-    p.add_argument("--token", help="shared secret every request must carry (default: $GENCTL_SERVE_TOKEN); "
-                   "required unless --host is a loopback address")
+    p.add_argument("--token", help="shared secret every request must carry (default: $GENCTL_SERVE_TOKEN, "
+                   "better: a command line is visible to other users); required unless --host is loopback")
     p.add_argument("--max-bytes", type=int, default=8 << 20, help="largest request accepted (default 8 MiB)")
     p.add_argument("--batch-window-ms", type=float, default=1.0,
-                   help="how long a request waits for others to share its policy call (default 1 ms)")
+                   help="how long a request waits for other sessions' requests to share its call (default 1 ms; "
+                   "no wait when all open sessions have asked)")
     p.add_argument("--max-batch", type=int, default=16, help="most requests in one policy call (1 = no batching)")
+    p.add_argument("--max-sessions", type=int, default=64, help="most clients connected at once (default 64)")
     p.add_argument("--fps", type=float, default=10.0,
                    help="action spacing of the reply timestamps when a request gives no dt (default 10 Hz)")
 
-    p = sub.add_parser("robot-sim", help="a MuJoCo env acting as a robot of a genctl serve server, at a fixed rate",
+    p = sub.add_parser("robot-sim", help="a MuJoCo env acting as the robot of a genctl serve server, at a "
+                       "fixed rate",
                        description="Step the env at --hz in this process, requesting action chunks from the server "
                        "asynchronously (the next chunk is asked for --ahead ticks before the current one runs out) "
                        "and report return/success per episode (eval seeds, comparable with genctl eval), deadline "
                        "misses and end-to-end latency p50/p99. Writes RUN/robot_sim.json for a run.")
-    p.add_argument("target", metavar="RUN_OR_ENV", help="a run folder (its env and eval.max_episode_steps) or an env id")
+    p.add_argument("target", metavar="RUN_OR_ENV",
+                   help="a run folder (its env and eval.max_episode_steps) or an env id")
     p.add_argument("--server", default="127.0.0.1:8765", help="server address host:port (default 127.0.0.1:8765)")
     p.add_argument("--hz", type=float, required=True, help="control rate")
     p.add_argument("--episodes", type=int, default=10)
@@ -341,7 +346,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     cfg = ServeConfig(host=args.host, port=args.port, token=args.token or os.environ.get(TOKEN_ENV) or None,
                       max_bytes=args.max_bytes, batch_window_ms=args.batch_window_ms, max_batch=args.max_batch,
-                      fps=args.fps)
+                      max_sessions=args.max_sessions, fps=args.fps)
     serve_policy(args.run, onnx=args.onnx, device=args.device, config=cfg)
     return 0
 
@@ -350,7 +355,8 @@ def cmd_robot_sim(args: argparse.Namespace) -> int:
     from genctl.apps.robot_sim import format_report, robot_sim
 
     r = robot_sim(args.target, server=args.server, hz=args.hz, episodes=args.episodes, seed=args.seed,
-                  ahead=args.ahead, max_steps=args.max_steps, token=args.token, out=args.out, timeout=args.timeout)
+                  ahead=args.ahead, max_steps=args.max_steps, token=args.token, out=args.out,
+                  timeout=args.timeout)
     print(format_report(r))
     if "path" in r:
         print(f"wrote {r['path']}")

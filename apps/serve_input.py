@@ -1,0 +1,89 @@
+"""Validation of what a client sends the policy server: every failure is a ``WireError`` whose text names what
+was expected (it goes back to that client as an error reply; the server carries on)."""
+
+from __future__ import annotations
+
+import io
+import math
+from typing import Any
+
+import numpy as np
+
+from genctl.apps.wire import WireError
+
+MAX_IMAGES = 8
+MAX_PIXELS = 4096 * 4096  # per image, checked from the header before a compressed image is decoded
+
+
+def check_obs(obs: Any, obs_dim: int, n_obs_steps: int) -> np.ndarray:
+    """(obs_dim,) or (n_obs_steps, obs_dim), any real dtype -> finite float32."""
+    if not isinstance(obs, np.ndarray):
+        raise WireError(f"'obs': expected an array of shape ({obs_dim},) or ({n_obs_steps}, {obs_dim}), "
+                        f"got {type(obs).__name__}")
+    if obs.dtype.kind not in "fiu":
+        raise WireError(f"'obs': expected a float or int array, got dtype {obs.dtype}")
+    if obs.shape not in ((obs_dim,), (n_obs_steps, obs_dim)):
+        raise WireError(f"'obs' of shape {obs.shape}: expected ({obs_dim},) (one observation; the server "
+                        f"keeps the history) or ({n_obs_steps}, {obs_dim}) (the last {n_obs_steps}, "
+                        "oldest first)")
+    out = obs.astype(np.float32)
+    if not np.all(np.isfinite(out)):
+        raise WireError("'obs' has NaN or Inf values (or values beyond float32 range)")
+    return out
+
+
+def check_time(stamp: Any, dt: Any, default_dt: float) -> tuple[float, float]:
+    """(observation timestamp, action spacing), seconds; the timestamp defaults to the server's clock."""
+    import time
+
+    if stamp is None:
+        stamp = time.time()
+    if isinstance(stamp, bool) or not isinstance(stamp, int | float) or not math.isfinite(stamp):
+        raise WireError(f"'timestamp': expected a finite number of seconds, got {stamp!r}")
+    if dt is None:
+        dt = default_dt
+    if isinstance(dt, bool) or not isinstance(dt, int | float) or not (0 < dt < 3600):
+        raise WireError(f"'dt': expected the seconds between actions, a number in (0, 3600), got {dt!r}")
+    return float(stamp), float(dt)
+
+
+def _decode_compressed(name: str, data: bytes) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        img = Image.open(io.BytesIO(data))
+        if img.format not in ("JPEG", "PNG"):
+            raise WireError(f"image {name!r}: expected JPEG or PNG bytes, got {img.format}")
+        if img.width * img.height > MAX_PIXELS:
+            raise WireError(f"image {name!r} is {img.width}x{img.height}: at most {MAX_PIXELS} pixels")
+        img.load()
+        return np.asarray(img.convert("RGB") if img.mode not in ("L", "RGB", "RGBA") else img)
+    except WireError:
+        raise
+    except Exception as e:  # PIL's UnidentifiedImageError, truncated data, decompression bomb...
+        raise WireError(f"image {name!r}: expected JPEG or PNG bytes, got undecodable data "
+                        f"({type(e).__name__})") from None
+
+
+def check_images(images: Any) -> dict[str, np.ndarray]:
+    """``{name: uint8 (H, W) / (H, W, 1|3|4) array or JPEG/PNG bytes}`` -> decoded uint8 arrays.
+
+    The policies genctl trains today condition on the state vector only (vision is a later issue): frames are
+    validated and kept with the session for a vision backend, and do not change the actions."""
+    if not isinstance(images, dict) or len(images) > MAX_IMAGES:
+        raise WireError(f"'images': expected a map of at most {MAX_IMAGES} camera names to frames")
+    out = {}
+    for name, img in images.items():
+        if not isinstance(name, str):
+            raise WireError(f"'images': camera names must be strings, got {name!r}")
+        if isinstance(img, bytes):
+            img = _decode_compressed(name, img)
+        elif not isinstance(img, np.ndarray):
+            raise WireError(f"image {name!r}: expected a uint8 array or JPEG/PNG bytes, "
+                            f"got {type(img).__name__}")
+        elif img.dtype != np.uint8:
+            raise WireError(f"image {name!r}: expected dtype uint8, got {img.dtype}")
+        if not (img.ndim == 2 or (img.ndim == 3 and img.shape[2] in (1, 3, 4))) or 0 in img.shape:
+            raise WireError(f"image {name!r} of shape {img.shape}: expected (H, W) or (H, W, 1|3|4)")
+        out[name] = img
+    return out
