@@ -13,6 +13,8 @@ wait, ~40 s on a CPU with the software rasteriser, longer on a busy machine: a s
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -31,9 +33,11 @@ def main() -> int:
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
 
+    # its own process group: the venv's `rerun` is a wrapper that starts the real binary, and terminating only
+    # the wrapper would leave the viewer server running (and using a core) after this script ends
     server = subprocess.Popen([str(RERUN), "--serve-web", "--bind", "127.0.0.1", "--port", "9876",
                                "--web-viewer-port", "9090", args.rrd],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = "http://127.0.0.1:9090/?url=rerun%2Bhttp%3A%2F%2F127.0.0.1%3A9876%2Fproxy"
     out = Path(args.out)
     try:
@@ -55,7 +59,8 @@ def main() -> int:
                 print(f"wrote {shot}")
             browser.close()
     finally:
-        server.terminate()
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=10)
     return 0
 
 
