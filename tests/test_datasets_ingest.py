@@ -258,35 +258,3 @@ def test_minari_export_keeps_sim_state_and_infos_and_says_what_it_leaves_out(tmp
         got = back.episode(i)
         for k in ("state/qpos", "state/qvel", "info/success", "obs", "action", "reward"):
             np.testing.assert_allclose(got[k], ep[k], rtol=1e-6, err_msg=k)
-
-
-def test_read_ahead_keeps_order_raises_reader_errors_and_stops_early():
-    import threading
-
-    from genctl.datasets.ingest import read_ahead
-
-    assert list(read_ahead(iter([{"i": k} for k in range(7)]))) == [{"i": k} for k in range(7)]
-
-    def bad():
-        yield {"i": 0}
-        raise DataError("video.mp4: frame 3 is undecodable")
-
-    got = []
-    with pytest.raises(DataError, match="undecodable"):
-        for ep in read_ahead(bad()):
-            got.append(ep)
-    assert got == [{"i": 0}]
-    pulled = []
-
-    def endless():
-        k = 0
-        while True:
-            pulled.append(k)
-            yield {"i": k}
-            k += 1
-
-    it = read_ahead(endless(), depth=2)
-    assert next(it) == {"i": 0}
-    it.close()  # the writer failed: the reader thread must stop, not decode the whole dataset
-    assert not any(t.name == "genctl-ingest-reader" for t in threading.enumerate())
-    assert len(pulled) <= 5

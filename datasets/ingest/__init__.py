@@ -6,11 +6,7 @@ bad file or a killed process never leaves a partial store at ``out``.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import queue
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 from genctl.datasets.store import EpisodeStore
@@ -71,7 +67,7 @@ def ingest(src: str | os.PathLike, out: str | os.PathLike, *, fmt: str | None = 
     attrs, episodes = reader(src, obs_keys)
     try:
         with StoreWriter(out, attrs, overwrite=overwrite) as writer:
-            for ep in read_ahead(episodes) if fmt == "lerobot" else episodes:
+            for ep in episodes:
                 writer.add_episode(ep)
     except DataError as e:
         msg = str(e)
@@ -79,45 +75,4 @@ def ingest(src: str | os.PathLike, out: str | os.PathLike, *, fmt: str | None = 
     return EpisodeStore.open(out)
 
 
-def read_ahead(episodes: Iterator[dict], depth: int = 2) -> Iterator[dict]:
-    """Decode the next episodes in a thread while the caller writes this one (video decoding and file writes
-    both release the GIL, so they overlap on two cores). At most ``depth`` episodes wait in memory; an error in
-    the reader is raised here, in the caller; a caller that stops early stops the reader."""
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    done = object()
-
-    def produce() -> None:
-        try:
-            for ep in episodes:
-                while not stop.is_set():
-                    try:
-                        q.put(ep, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            q.put(done)
-        except BaseException as e:  # handed to the consumer, raised there
-            q.put(e)
-
-    t = threading.Thread(target=produce, name="genctl-ingest-reader", daemon=True)
-    t.start()
-    try:
-        while True:
-            item = q.get()
-            if item is done:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        while t.is_alive():  # unblock a producer waiting on a full queue
-            with contextlib.suppress(queue.Empty):
-                q.get_nowait()
-            t.join(timeout=0.05)
-
-
-__all__ = ["FORMATS", "detect_format", "ingest", "read_ahead"]
+__all__ = ["FORMATS", "detect_format", "ingest"]
