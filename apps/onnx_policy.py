@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from genctl.apps.obs_history import stack_history
 from genctl.errors import DataError, GenctlError
 
 META_KEY = "genctl"  # same key as onnx_export.META_KEY (not imported from there: that module imports torch)
@@ -104,17 +105,7 @@ class OnnxPolicy:
 
     def history(self, obs: np.ndarray) -> np.ndarray:
         """(B, n_obs_steps, D) from (B, n_obs_steps, D), or from (B, D) / (D,) by repeating the observation."""
-        obs = np.asarray(obs, np.float32)
-        if obs.ndim == 3:
-            if obs.shape[1:] != (self.n_obs_steps, self.obs_dim):
-                raise GenctlError(f"observation history of shape {obs.shape[1:]}: the policy expects "
-                                  f"({self.n_obs_steps}, {self.obs_dim})")
-            return np.ascontiguousarray(obs)
-        if obs.ndim not in (1, 2) or obs.shape[-1] != self.obs_dim:
-            raise GenctlError(f"observation of shape {obs.shape}: the policy expects (B, {self.n_obs_steps}, "
-                              f"{self.obs_dim}), (B, {self.obs_dim}) or ({self.obs_dim},)")
-        obs = obs.reshape(-1, 1, self.obs_dim)
-        return np.ascontiguousarray(np.repeat(obs, self.n_obs_steps, axis=1))
+        return stack_history(obs, self.n_obs_steps, self.obs_dim)
 
     def predict_chunk(self, obs_history: np.ndarray, *, noise: np.ndarray | None = None,
                       rng: np.random.Generator | None = None) -> np.ndarray:

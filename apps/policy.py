@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from genctl.apps.chunking import SeqSpec
+from genctl.apps.obs_history import stack_history
 from genctl.datasets import Normalizer
 from genctl.errors import DataError, GenctlError
 from genctl.policies import IQLCritic, make_generative_model
@@ -106,14 +107,7 @@ class LoadedPolicy:
 
     def history(self, obs: np.ndarray) -> np.ndarray:
         """(B, n_obs_steps, D) from (B, n_obs_steps, D), or from (B, D) / (D,) by repeating the observation."""
-        obs = np.asarray(obs, np.float32)
-        if obs.ndim == 3:
-            if obs.shape[1:] != (self.n_obs_steps, self.obs_dim):
-                raise GenctlError(f"observation history of shape {obs.shape[1:]}: the policy expects "
-                                  f"({self.n_obs_steps}, {self.obs_dim})")
-            return obs
-        obs = obs.reshape(-1, 1, self.obs_dim)
-        return np.repeat(obs, self.n_obs_steps, axis=1)
+        return stack_history(obs, self.n_obs_steps, self.obs_dim)
 
     def _cond(self, obs: np.ndarray) -> torch.Tensor:
         """Normalised, flattened history (B, n_obs_steps * D); only the current observation with ``current``."""
