@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,10 @@ def numeric_compressor() -> BloscCodec:
     return BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
 
 
-IMAGE_ZSTD_LEVEL = 3
+# Level 1: half the encode time of level 3 for camera frames at a few % more bytes; ingest of video datasets is
+# bound by decode + this encode (benchmarks/datasets.py), and a store is read far more often than written.
+IMAGE_ZSTD_LEVEL = 1
+FRAME_EPISODES_IN_FLIGHT = 4  # episodes of frames queued for the frame writer thread (bounds memory)
 
 
 def image_compressor() -> ZstdCodec:
@@ -138,6 +142,8 @@ class StoreWriter:
         self._ends: list[int] = []
         self._returns: list[float] = []
         self._stats: dict[str, RunningStats] = {}
+        self._frame_pool: ThreadPoolExecutor | None = None
+        self._frame_jobs: list[Future] = []
 
     @property
     def n_episodes(self) -> int:
@@ -163,6 +169,7 @@ class StoreWriter:
             raise
 
     def _discard(self) -> None:
+        self._drain_frames(raise_errors=False)
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
@@ -196,11 +203,15 @@ class StoreWriter:
             if a.dtype != dtype or a.shape[1:] != shape:
                 raise DataError(f"{where}: field {k!r} has dtype {a.dtype} shape {a.shape[1:]} per step, "
                                 f"expected {dtype} {shape} like the first episode")
+        start = self._ends[-1] if self._ends else 0
         for k, a in arrays.items():
+            if key_kind(k) == "image":  # one chunk per frame: written now, by the frame thread, not buffered
+                self._submit_frames(k, start, a)
+                continue
             self._buf.setdefault(k, []).append(a)
             self._buf_bytes += a.nbytes
         self._buf_rows += t
-        self._ends.append((self._ends[-1] if self._ends else 0) + t)
+        self._ends.append(start + t)
         if "reward" in arrays:
             self._returns.append(float(np.sum(arrays["reward"], dtype=np.float64)))
         if self._buf_rows >= self.block_rows or self._buf_bytes >= BLOCK_BYTES:
@@ -225,28 +236,54 @@ class StoreWriter:
         if not self._buf_rows:
             return
         start, stop = self._written, self._written + self._buf_rows
+        for key, arr in self._arrays.items():
+            if key_kind(key) == "image":  # the frames' chunk files are written by the frame thread
+                arr.resize((stop, *arr.shape[1:]))
         for key, parts in self._buf.items():
             block = parts[0] if len(parts) == 1 else np.concatenate(parts)
             arr = self._arrays.get(key)
             if arr is None:
                 arr = self._arrays[key] = self._create(key, block)
             arr.resize((stop, *block.shape[1:]))
-            if key_kind(key) == "image":
-                self._write_frames(arr, start, block)
-            else:
-                arr[start:stop] = block
+            arr[start:stop] = block
             if key_kind(key) in STAT_KINDS and not is_next_obs_key(key):  # next_obs ~ obs; not needed
                 self._stats.setdefault(key, RunningStats()).update(block)
         self._written = stop
         self._buf, self._buf_rows, self._buf_bytes = {}, 0, 0
+
+    def _submit_frames(self, key: str, start: int, frames: np.ndarray) -> None:
+        """Queue one episode's frames of an image key for the frame thread (at most FRAME_EPISODES_IN_FLIGHT
+        episodes wait; the caller blocks beyond that, so memory stays bounded)."""
+        arr = self._arrays.get(key)
+        if arr is None:
+            arr = self._arrays[key] = self._create(key, frames)
+        if self._frame_pool is None:
+            self._frame_pool = ThreadPoolExecutor(1, thread_name_prefix="genctl-frames")
+        while len(self._frame_jobs) >= FRAME_EPISODES_IN_FLIGHT:
+            self._frame_jobs.pop(0).result()  # re-raises a write error here, in the caller's thread
+        self._frame_jobs.append(self._frame_pool.submit(self._write_frames, arr, start, frames))
+
+    def _drain_frames(self, *, raise_errors: bool = True) -> None:
+        jobs, self._frame_jobs = self._frame_jobs, []
+        try:
+            for job in jobs:
+                if raise_errors:
+                    job.result()
+                else:
+                    job.exception()
+        finally:
+            if self._frame_pool is not None:
+                self._frame_pool.shutdown(wait=True)
+                self._frame_pool = None
 
     def _write_frames(self, arr: zarr.Array, start: int, block: np.ndarray) -> None:
         """One chunk file per frame, encoded here and written straight into the (local, temporary) store.
 
         zarr-python's slice write costs ~1.1 ms per chunk in its async pipeline, 4x the zstd encode itself, and
         images are chunked per frame; so frames are encoded with the array's own codec settings (raw C-order
-        bytes, zstd level 3 — exactly what the array's metadata declares, and zarr reads them back as its own)
-        under the array's own chunk keys. Measured: 860 -> 3140 frames/s for 96x96 RGB."""
+        bytes, zstd at IMAGE_ZSTD_LEVEL — exactly what the array's metadata declares, and zarr reads them back as
+        its own) under the array's own chunk keys. Measured: 860 -> 3140 frames/s for 96x96 RGB. It runs on the
+        frame thread: zstd and file writes release the GIL, so encoding overlaps the caller's video decode."""
         assert self._tmp is not None
         base = self._tmp / arr.store_path.path
         encode_key = arr.metadata.chunk_key_encoding.encode_chunk_key
@@ -254,8 +291,7 @@ class StoreWriter:
         files = [base / encode_key((start + i, *zeros)) for i in range(len(block))]
         for d in {f.parent for f in files}:
             d.mkdir(parents=True, exist_ok=True)
-
-        for f, frame in zip(files, block, strict=True):  # (a thread pool here measured slower on 2 cores)
+        for f, frame in zip(files, block, strict=True):
             f.write_bytes(codec.encode(np.ascontiguousarray(frame)))
 
     # --- finish ---------------------------------------------------------------------------------------------
@@ -274,6 +310,7 @@ class StoreWriter:
         if not self._ends:
             raise DataError(f"store {self.path}: no episodes were added; nothing written")
         self._flush()
+        self._drain_frames()
         self._root["meta"].create_array("episode_ends", data=np.asarray(self._ends, dtype=np.int64),
                                         chunks=(max(len(self._ends), 1),))
         attrs = {"format_version": FORMAT_VERSION, "created": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -63,18 +63,32 @@ def test_dict_obs_flatten_in_sorted_order(tmp_path, rng):
 
 def test_images_chunked_per_frame(tmp_path, rng):
     eps = []
-    for _ in range(2):
+    for _ in range(7):  # more episodes than the frame thread keeps in flight: the writer waits, order holds
         ep = random_episode(rng, 4)
         ep["image/front"] = rng.integers(0, 255, (4, 6, 8, 3), dtype=np.uint8)
         eps.append(ep)
     store = write(tmp_path / "i.zarr", eps, block_rows=3)  # frames written by several flushes at offsets
     arr = store.array_info("image/front")
-    assert arr.chunks == (1, 6, 8, 3) and arr.dtype == np.uint8
-    for i in range(2):  # frames are encoded by the writer itself (not zarr's slice write): zarr reads them back
+    assert arr.chunks == (1, 6, 8, 3) and arr.dtype == np.uint8 and arr.shape[0] == 28
+    for i in range(7):  # frames are encoded by the writer itself (not zarr's slice write): zarr reads them back
         np.testing.assert_array_equal(store.episode(i)["image/front"], eps[i]["image/front"])
         np.testing.assert_array_equal(zarr.open_array(store.path / "data" / "image" / "front", mode="r")[4 * i:4 * i + 4],
                                       eps[i]["image/front"])
-    assert len([p for p in (store.path / "data" / "image" / "front").rglob("*") if p.is_file()]) == 8 + 1
+    assert len([p for p in (store.path / "data" / "image" / "front").rglob("*") if p.is_file()]) == 28 + 1
+
+
+def test_failed_image_write_leaves_nothing(tmp_path, rng):
+    """An error after frames were handed to the frame thread: the thread is drained, no store, no temp dir."""
+    import threading
+
+    with pytest.raises(RuntimeError, match="stop"), StoreWriter(tmp_path / "i.zarr") as w:
+        for _ in range(6):
+            ep = random_episode(rng, 5)
+            ep["image/front"] = rng.integers(0, 255, (5, 16, 16, 3), dtype=np.uint8)
+            w.add_episode(ep)
+        raise RuntimeError("stop")
+    assert list(tmp_path.iterdir()) == []
+    assert not [t for t in threading.enumerate() if t.name.startswith("genctl-frames")]
 
 
 @pytest.mark.parametrize(
