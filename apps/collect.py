@@ -21,7 +21,8 @@ import numpy as np
 from genctl.errors import GenctlError
 from genctl.progress import progress_bar
 
-CAMERA = "default"  # images are stored as image/default (the env's default render camera)
+DEFAULT_CAMERA = "default"  # the env's own render view; frames are stored as image/<camera>
+DEFAULT_IMAGE_SIZE = 240
 _WORKER: dict[str, Any] = {}
 
 
@@ -30,16 +31,19 @@ def _episode_rng(env_seed: int) -> np.random.Generator:
     return np.random.default_rng([int(env_seed), 0x67656E63])
 
 
-def _build(env_id: str, expert: str, env_kwargs: dict[str, Any], images: bool) -> tuple[Any, Any, Any]:
+def _build(env_id: str, expert: str, env_kwargs: dict[str, Any], images: dict[str, Any] | None
+           ) -> tuple[Any, Any, Any]:
     from genctl.envs import make_env, make_expert
 
-    env = make_env(env_id, render_mode="rgb_array" if images else None, **env_kwargs)
+    view = {} if not images else {"render_mode": "rgb_array", "camera": images["camera"],
+                                  "height": images["height"], "width": images["width"]}
+    env = make_env(env_id, **view, **env_kwargs)
     scripted = make_expert(expert, env)
     random_actor = make_expert("random", env)
     return env, scripted, random_actor
 
 
-def run_episode(env: Any, actor: Any, env_seed: int, *, noise: float = 0.0, images: bool = False,
+def run_episode(env: Any, actor: Any, env_seed: int, *, noise: float = 0.0, images: dict[str, Any] | None = None,
                 record: bool = True) -> dict[str, Any]:
     """One episode with ``actor`` (an Expert); returns store arrays (if ``record``) and a summary.
 
@@ -73,7 +77,7 @@ def run_episode(env: Any, actor: Any, env_seed: int, *, noise: float = 0.0, imag
             add("state/qpos", np.asarray(data.qpos, dtype=np.float64))
             add("state/qvel", np.asarray(data.qvel, dtype=np.float64))
             if images:
-                add(f"image/{CAMERA}", np.asarray(env.render(), dtype=np.uint8))
+                add(f"image/{images['camera']}", np.asarray(env.render(), dtype=np.uint8))
         action = np.asarray(actor.act(obs, info), dtype=np.float64)
         if noise > 0:
             action = action + noise * rng.standard_normal(action.shape)
@@ -111,7 +115,7 @@ def _single_threaded_children() -> Iterator[None]:
                 os.environ[k] = v
 
 
-def _init_worker(env_id: str, expert: str, env_kwargs: dict[str, Any], images: bool) -> None:
+def _init_worker(env_id: str, expert: str, env_kwargs: dict[str, Any], images: dict[str, Any] | None) -> None:
     torch = sys.modules.get("torch")  # collection never needs torch; only tame it if it is loaded
     if torch is not None:
         torch.set_num_threads(1)
@@ -143,6 +147,7 @@ def _episodes(jobs: list[tuple[int, int, bool, float, bool]], workers: int, init
 
 def collect(env_id: str, *, expert: str, episodes: int, noise: float, random_frac: float = 0.0,
             workers: int = 1, seed: int = 0, out: str | Path, images: bool = False, overwrite: bool = False,
+            camera: str = DEFAULT_CAMERA, image_size: int = DEFAULT_IMAGE_SIZE,
             env_kwargs: dict[str, Any] | None = None, progress: bool = True) -> Path:
     """Record demonstrations from a scripted expert into a zarr episode store and return its path.
 
@@ -159,14 +164,17 @@ def collect(env_id: str, *, expert: str, episodes: int, noise: float, random_fra
         seed: episode ``i`` uses env seed ``train_seeds(episodes, start=seed)[i]`` (a disjoint range from
             evaluation seeds); use ``seed=N`` for a second batch that does not repeat the first N episodes.
         out: store path (``.zarr``); written atomically.
-        images: also store camera frames ``image/default`` (uint8, offscreen render, 240x240).
+        images: also store camera frames ``image/<camera>`` (uint8 RGB, offscreen render).
+        camera: ``default`` (the env's own view), ``top`` (overhead; mazes: the whole maze with the goal
+            marker) or a camera named in the MuJoCo model; recorded so evaluation renders the same view.
+        image_size: frame height = width in pixels (e.g. 84 for a vision policy, 240 for viewing).
         overwrite: replace an existing store at ``out``.
         env_kwargs: extra env constructor kwargs (recorded in ``attrs["env"]`` so the env can be rebuilt).
         progress: show a tqdm progress bar.
 
     The store holds per step ``obs`` (or ``obs/<key>`` for dict observations), ``next_obs``, ``action``,
     ``reward``, ``terminated``, ``truncated``, ``state/qpos``, ``state/qvel`` (to re-render later) and
-    optionally ``image/default``; ``attrs["source"]`` records expert, noise, random_frac and seeds.
+    optionally ``image/<camera>``; ``attrs["source"]`` records expert, noise, random_frac, seeds and the camera.
     """
     from genctl.datasets import StoreWriter
     from genctl.envs import describe_env, make_env, make_expert, train_seeds
@@ -179,13 +187,16 @@ def collect(env_id: str, *, expert: str, episodes: int, noise: float, random_fra
         raise GenctlError(f"--random-frac must be in [0, 1], got {random_frac}")
     if workers < 1:
         raise GenctlError(f"--workers must be >= 1, got {workers}")
+    if not 8 <= image_size <= 1024:
+        raise GenctlError(f"--image-size must be in [8, 1024] pixels, got {image_size}")
     out = Path(out)
     if out.exists() and not overwrite:
         raise GenctlError(f"store {out} already exists (use --overwrite to replace it)")
     env_kwargs = dict(env_kwargs or {})
     seeds = train_seeds(episodes, start=seed)
 
-    probe = make_env(env_id, **env_kwargs)  # validates id, kwargs and expert before any worker starts
+    view = {"camera": camera, "height": int(image_size), "width": int(image_size)} if images else None
+    probe = make_env(env_id, camera=camera, **env_kwargs)  # validates id, kwargs, camera, expert before workers
     try:
         info = describe_env(probe, env_id, **env_kwargs)
         make_expert(expert, probe)
@@ -196,12 +207,12 @@ def collect(env_id: str, *, expert: str, episodes: int, noise: float, random_fra
     chosen = np.random.default_rng([int(seed), 0x72616E64]).permutation(episodes)[:n_random]
     is_random = np.zeros(episodes, dtype=bool)
     is_random[chosen] = True
-    jobs = [(i, seeds[i], bool(is_random[i]), float(noise), bool(images)) for i in range(episodes)]
+    jobs = [(i, seeds[i], bool(is_random[i]), float(noise), view) for i in range(episodes)]
 
     attrs = {
         "source": {"kind": "collect", "id": env_id, "expert": expert, "noise": float(noise),
                    "random_frac": float(random_frac), "seed": int(seed), "seeds": seeds,
-                   "random_episodes": np.flatnonzero(is_random).tolist(), "images": bool(images)},
+                   "random_episodes": np.flatnonzero(is_random).tolist(), "images": view},
         "env": info,
         "observation_space": info["observation_space"],
         "action_space": info["action_space"],
@@ -212,7 +223,7 @@ def collect(env_id: str, *, expert: str, episodes: int, noise: float, random_fra
     successes = 0
     with StoreWriter(out, attrs, overwrite=overwrite) as writer, \
             progress_bar(episodes, desc=f"collect {env_id}", unit="ep", enabled=progress) as bar:
-        for i, result in enumerate(_episodes(jobs, workers, (env_id, expert, env_kwargs, images))):
+        for i, result in enumerate(_episodes(jobs, workers, (env_id, expert, env_kwargs, view))):
             writer.add_episode(result["arrays"])
             successes += result["summary"]["success"] and not is_random[i]
             bar.update(1)
@@ -242,7 +253,7 @@ def run_expert(env_id: str, expert: str, episodes: int, seed: int = 0, *, noise:
     """Run ``episodes`` expert episodes without recording; success rate, mean return/length and speed."""
     from genctl.envs import train_seeds
 
-    env, actor, _ = _build(env_id, expert, dict(env_kwargs or {}), False)
+    env, actor, _ = _build(env_id, expert, dict(env_kwargs or {}), None)
     t0 = time.perf_counter()
     try:
         summaries = [run_episode(env, actor, s, noise=noise, record=False)["summary"]

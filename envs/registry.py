@@ -31,7 +31,14 @@ import numpy as np
 from gymnasium import spaces
 
 from genctl.envs.dmc import DMC_TASKS, DMCEnv, parse_dmc_id
-from genctl.envs.wrappers import DefaultSeed, FastRender, FlatDictObservation, Float32Observation, SuccessInfo
+from genctl.envs.wrappers import (
+    CameraView,
+    DefaultSeed,
+    FastRender,
+    FlatDictObservation,
+    Float32Observation,
+    SuccessInfo,
+)
 from genctl.errors import DataError, GenctlError
 
 # PyOpenGL logs "No OpenGL_accelerate module loaded" at INFO on import; it is noise for our users.
@@ -139,12 +146,13 @@ def _success_fn(family: str) -> Any:
 
 def make_env(env_id: str, *, render_mode: str | None = None, width: int = 240, height: int = 240,
              max_episode_steps: int | None = None, fast_render: bool = True, seed: int | None = None,
-             **kwargs: Any) -> gym.Env:
+             camera: str = "default", **kwargs: Any) -> gym.Env:
     """Build ``env_id`` with genctl's uniform interface (see the module docstring).
 
     ``kwargs`` go to the env constructor (over genctl's family defaults); ``fast_render`` turns off
     shadows/reflections/MSAA (about 9x faster frames on the CPU); ``seed`` is used on the first
-    ``reset()`` without a seed (vector envs).
+    ``reset()`` without a seed (vector envs); ``camera`` is what ``render()`` shows: ``"default"`` (the env's
+    own view), ``"top"`` (overhead) or a camera named in the MuJoCo model.
     """
     family = env_family(env_id)
     if render_mode not in (None, "rgb_array"):
@@ -152,6 +160,11 @@ def make_env(env_id: str, *, render_mode: str | None = None, width: int = 240, h
     kw = effective_kwargs(env_id, **kwargs)
     if family == "dmc":
         domain, task = parse_dmc_id(env_id)
+        if camera == "top":
+            raise GenctlError(f"camera 'top' is for gymnasium MuJoCo envs; for {env_id} name a camera of its model "
+                              "(dm_control cameras, e.g. 'cam0' or a number)")
+        if camera != "default":
+            kw["camera_id"] = int(camera) if camera.isdigit() else camera
         try:
             env: gym.Env = DMCEnv(domain, task, render_mode=render_mode, width=width, height=height,
                                   fast_render=fast_render, **kw)
@@ -169,6 +182,8 @@ def make_env(env_id: str, *, render_mode: str | None = None, width: int = 240, h
     else:
         env = Float32Observation(env)
     env = SuccessInfo(env, _success_fn(family))
+    if camera != "default" and family != "dmc":
+        env = CameraView(env, camera)
     if fast_render and render_mode == "rgb_array" and family != "dmc":
         env = FastRender(env)
     if seed is not None:

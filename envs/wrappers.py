@@ -163,6 +163,49 @@ class FastRender(gym.Wrapper):
             raise render_error(exc) from exc
 
 
+TOP_CAMERA = "top"  # an overhead view of the scene (mazes: the whole maze, walls, ball and goal marker)
+
+
+class CameraView(gym.Wrapper):
+    """Renders from ``camera``: ``"top"`` (overhead free camera), or a camera named in the MuJoCo model.
+
+    Set at construction: the renderer's viewer (and its camera) is only created on the first ``render()``.
+    """
+
+    def __init__(self, env: gym.Env, camera: str) -> None:
+        super().__init__(env)
+        self.camera = camera
+        set_camera(env, camera)
+
+
+def set_camera(env: gym.Env, camera: str) -> None:
+    """Point ``env``'s offscreen renderer at ``camera`` (see :class:`CameraView`); clear error if unknown."""
+    import mujoco
+
+    from genctl.errors import GenctlError
+
+    renderer = find_mujoco_renderer(env)
+    if renderer is None:
+        raise GenctlError(f"camera {camera!r}: this env has no MuJoCo renderer genctl can point")
+    if camera == TOP_CAMERA:
+        cfg = dict(renderer.default_cam_config or {})
+        cfg.update(elevation=-90.0, azimuth=90.0)
+        maze = getattr(env.unwrapped, "maze", None)
+        if maze is not None:  # fit the maze (45 degree field of view: extent / 0.83 is the distance that fills it)
+            cfg["distance"] = 1.25 * max(maze.map_length, maze.map_width) * maze.maze_size_scaling
+            cfg["lookat"] = np.zeros(3)
+        renderer.default_cam_config = cfg
+        renderer.camera_id = -1
+        return
+    model = renderer.model
+    cam_id = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, camera)
+    if cam_id < 0:
+        names = [mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_CAMERA, i) for i in range(model.ncam)]
+        raise GenctlError(f"camera {camera!r} is not in this env's model; expected {TOP_CAMERA!r}, 'default' or one "
+                          f"of {names}")
+    renderer.camera_id = cam_id
+
+
 def render_error(exc: BaseException) -> Exception:
     """A GenctlError that says how to get headless rendering working."""
     import os

@@ -79,6 +79,24 @@ def test_collect_images_flat_obs_env(tmp_path: Path) -> None:
     assert "max_episode_steps" not in store.attrs["env"]["kwargs"]
 
 
+def test_collect_images_top_camera_and_size(tmp_path: Path) -> None:
+    out = collect("PointMaze_UMaze-v3", expert="maze", episodes=1, noise=0.0, out=tmp_path / "t.zarr", images=True,
+                  camera="top", image_size=32, env_kwargs={"max_episode_steps": 4}, progress=False)
+    store = EpisodeStore.open(out)
+    img = store.load(keys=["image/top"])["image/top"]
+    assert img.shape == (4, 32, 32, 3) and img.dtype == np.uint8
+    assert store.attrs["source"]["images"] == {"camera": "top", "height": 32, "width": 32}
+    # the goal marker is red in the overhead view: some pixel is clearly red
+    r, g, b = (img[0, ..., c].astype(int) for c in range(3))
+    assert ((r > 150) & (g < 80) & (b < 80)).any()
+    with pytest.raises(GenctlError, match="camera 'nope' is not in this env's model"):
+        collect("PointMaze_UMaze-v3", expert="maze", episodes=1, noise=0.0, out=tmp_path / "n.zarr", images=True,
+                camera="nope", progress=False)
+    with pytest.raises(GenctlError, match="image-size"):
+        collect("PointMaze_UMaze-v3", expert="maze", episodes=1, noise=0.0, out=tmp_path / "n.zarr", images=True,
+                image_size=2, progress=False)
+
+
 def test_collect_fetch_dict_obs(tmp_path: Path) -> None:
     out = collect("FetchPickAndPlace-v4", expert="fetch", episodes=2, noise=0.05, out=tmp_path / "f.zarr",
                   progress=False)
