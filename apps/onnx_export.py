@@ -17,7 +17,7 @@ Choices (also in the model's metadata, key ``genctl``):
   state from the given noise, the critic's min-of-twins Q of each chunk's first action (clipped, normalised),
   and the argmax chunk; the metadata says ``"select": "q", "candidates": N``;
 * the TorchScript-based exporter (``dynamo=False``) is used: the solve is already written for
-  ``torch.jit.trace`` (``_TracedSolve``, the CPU fast path), a dynamic batch axis is one ``dynamic_axes``
+  ``torch.jit.trace`` (``TracedSolve``, the CPU fast path), a dynamic batch axis is one ``dynamic_axes``
   entry, it needs no onnxscript, and it exported a 32-step Heun solve (64 network evaluations) in 4 s on this
   2-core CPU where the dynamo exporter took 78 s for a graph giving the same actions (to 2e-4 of values ~700).
 """
@@ -40,7 +40,7 @@ import genctl
 from genctl.apps.policy import LoadedPolicy
 from genctl.datasets import Normalizer
 from genctl.errors import DataError, GenctlError
-from genctl.policies.generative import _TracedSolve
+from genctl.policies.fast_solve import TracedSolve
 from genctl.policies.nets import ResidualMLPBackbone
 
 OPSET = 17
@@ -77,7 +77,7 @@ class SamplerGraph(nn.Module):
         self.prior_std = float(model.path.prior_std)
         ref = model._ref()
         grid = model._grid(policy.steps, ref)
-        self.solve = _TracedSolve(model, grid, policy.solver, policy.steps)
+        self.solve = TracedSolve(model, grid, policy.solver, policy.steps)
         with torch.no_grad():  # the per-grid-time half of the first conditioning layer: a constant table
             self.register_buffer("ttab", bb.time_proj(grid.temb).detach().clone())
         o_s, o_o = _affine(policy.obs_norm, self.obs_dim, self.n_obs, "observation")

@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from genctl.apps.chunking import SeqSpec
 from genctl.apps.obs_history import stack_history
-from genctl.datasets import Normalizer
+from genctl.datasets import Normalizer, SeqSpec
+from genctl.datasets.obs_spec import ObsSpec
 from genctl.errors import DataError, GenctlError
 from genctl.policies import IQLCritic, make_generative_model
 from genctl.run import Checkpoint, latest_checkpoint, load_module
@@ -72,9 +72,13 @@ class LoadedPolicy:
         if ck.has("critic"):
             c = m["config"]["critic"]
             self.critic = IQLCritic(self.obs_dim, self.action_dim, hidden=tuple(c["hidden"]),
-                                    expectile=c["expectile"], gamma=c["gamma"], tau=c["tau"], lr=c["lr"])
+                                    expectile=c["expectile"], gamma=c["gamma"], tau=c["tau"], lr=c["lr"],
+                                    obs_encoder=m.get("critic_encoder"))
             load_module(self.critic, ck.group("critic"), f"checkpoint {ck.path} (critic)")
             self.critic.to(self.device).eval()
+        self._field = "obs_spec"  # data.obs_keys: which keys (and cameras) the policy sees; None = the env's obs
+        self.obs_spec = ObsSpec.from_dict(m["obs_spec"]) if m.get("obs_spec") else None
+        self.view: dict[str, Any] | None = m.get("images")  # the camera view the store was recorded with
         self._field = "obs_norm"
         self.obs_norm = Normalizer.from_dict(m["obs_norm"])
         self._field = "action_norm"
@@ -99,7 +103,40 @@ class LoadedPolicy:
     def from_run(cls, run: str | Path, **kw: Any) -> LoadedPolicy:
         return cls(find_checkpoint(run), **kw)
 
+    @property
+    def sees_cameras(self) -> bool:
+        return self.obs_spec is not None and self.obs_spec.has_images
+
+    def env_overrides(self) -> dict[str, Any]:
+        """make_env arguments so the env renders what the policy was trained on (camera, size); {} without cameras."""
+        if not self.sees_cameras:
+            return {}
+        assert self.obs_spec is not None
+        cams = sorted({c.camera for c in self.obs_spec.cameras})
+        if not self.view or cams != [self.view.get("camera")]:
+            raise DataError(f"checkpoint {self.ck.path}: the policy sees cameras {cams}, but its store recorded "
+                            f"{'no camera view' if not self.view else 'camera ' + repr(self.view.get('camera'))} "
+                            "(only stores made with genctl collect --images can be re-rendered in simulation)")
+        return {"render_mode": "rgb_array", "camera": self.view["camera"], "width": int(self.view["width"]),
+                "height": int(self.view["height"])}
+
+    def observe(self, env_obs: np.ndarray, env: Any = None) -> np.ndarray:
+        """The policy's observation (D,) from the env's flat observation: the selected keys, then the camera
+        frame rendered by ``env`` (built with ``env_overrides()``). Unchanged for a policy of the whole obs."""
+        spec = self.obs_spec
+        if spec is None or spec.is_default:
+            return np.asarray(env_obs, np.float32)
+        low = spec.select_low(np.asarray(env_obs, np.float32)[None])
+        frames = {c.key: np.asarray(env.render())[None] for c in spec.cameras} if spec.has_images else None
+        return spec.compose(low, frames)[0]
+
     def check_env(self, obs_dim: int, action_dim: int, env_id: str) -> None:
+        if self.obs_spec is not None:  # the env's obs is mapped by observe(): compare what it reads
+            if obs_dim != self.obs_spec.env_obs_dim or action_dim != self.action_dim:
+                raise DataError(
+                    f"checkpoint {self.ck.path}: policy reads env obs {self.obs_spec.env_obs_dim} / action "
+                    f"{self.action_dim}, env {env_id} has obs {obs_dim} / action {action_dim}")
+            return
         if obs_dim != self.obs_dim or action_dim != self.action_dim:
             raise DataError(
                 f"checkpoint {self.ck.path}: policy expects obs {self.obs_dim} / action {self.action_dim}, "

@@ -11,20 +11,21 @@ of tick k holds the actions for ticks k, k+1, ...: it is executed open loop for 
 run's ``data.n_action_steps``, as ``genctl eval`` does; 1 = replan every tick), and the observation after the
 last of them is submitted for the next chunk. A tick whose chunk has not arrived yet is a deadline miss; with
 ``late="chunk"`` it applies action j - k of the newest chunk it has (while j - k < horizon and the chunk
-belongs to the current episode), and only then holds.
+belongs to the current episode), and only then holds. The observation history and the episode record are
+a ``rollout_state.RolloutState``, as in ``evaluate``.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import deque
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from genctl.apps.policy import LoadedPolicy
+from genctl.apps.rollout_state import Episode, LatencyStats, OptionError, RolloutState
 from genctl.envs import eval_seeds, make_env_from_info
 from genctl.errors import GenctlError
 from genctl.fsutil import atomic_write_json
@@ -39,7 +40,7 @@ class _PolicyThread(threading.Thread):
         self.obs_id = -1
         self.action: np.ndarray | None = None
         self.action_id = -1
-        self.latencies: list[float] = []
+        self.latency = LatencyStats()
         self.stop = False
         self.error: BaseException | None = None
 
@@ -62,9 +63,8 @@ class _PolicyThread(threading.Thread):
                     if self.stop:
                         return
                     obs, oid = self.obs, self.obs_id
-                t0 = time.perf_counter()
-                a = self.policy.predict_chunk(obs[None], solver=self.solver, steps=self.steps)[0]  # (H, A)
-                self.latencies.append(time.perf_counter() - t0)
+                a = self.latency.timed(self.policy.predict_chunk, obs[None], solver=self.solver,
+                                       steps=self.steps)[0]  # (H, A)
                 with self.cv:
                     self.action, self.action_id = a, oid
                 done = oid
@@ -75,14 +75,16 @@ class _PolicyThread(threading.Thread):
 def run_realtime(run: str | Path, *, hz: float, episodes: int = 1, late: str = "hold", solver: str | None = None,
                  steps: int | None = None, seed: int = 0, max_steps: int | None = None,
                  n_action_steps: int | None = None) -> dict[str, Any]:
+    """Run ``episodes`` episodes at ``hz`` and write ``realtime.json`` into the run folder; return the report.
+    A bad option value raises ``OptionError`` naming the keyword argument."""
     if hz <= 0:
-        raise GenctlError(f"--hz must be > 0 (got {hz})")
+        raise OptionError("hz", f"must be > 0 (got {hz})")
     if late not in ("hold", "chunk"):
-        raise GenctlError(f"--late must be hold or chunk (got {late!r})")
+        raise OptionError("late", f"must be hold or chunk (got {late!r})")
     policy = LoadedPolicy.from_run(run)
     k = policy.n_action_steps if n_action_steps is None else n_action_steps
     if not 1 <= k <= policy.horizon:
-        raise GenctlError(f"--n-action-steps must be between 1 and the policy's horizon ({policy.horizon} "
+        raise OptionError("n_action_steps", f"must be between 1 and the policy's horizon ({policy.horizon} "
                           f"actions per call), got {k}")
     if policy.env_info is None:
         raise GenctlError(f"{run}: the training store recorded no env")
@@ -94,24 +96,27 @@ def run_realtime(run: str | Path, *, hz: float, episodes: int = 1, late: str = "
     worker = _PolicyThread(policy, solver, steps)
     worker.start()
     eps = []
+    state = RolloutState(policy.n_obs_steps, policy.obs_dim, k)
     ticks = misses = from_chunk = 0
     sid = 0  # id of the latest submitted history: one per tick, plus one per episode reset
     t_start = time.perf_counter()
     try:
         for ep_i, s in enumerate(eval_seeds(episodes, start=seed)):
             obs, _ = env.reset(seed=s)
-            ret, success, n, last = 0.0, False, 0, np.zeros(env.action_space.shape, np.float32)
-            hist = deque([obs.astype(np.float32)] * policy.n_obs_steps, maxlen=policy.n_obs_steps)
+            ep = Episode(ep_i, s)
+            state.start(ep, obs)
+            last = np.zeros(env.action_space.shape, np.float32)
             sid += 1
             ep_first = obs_id = sid
             submitted = {sid: 0}  # submission id -> the episode tick whose observation it holds
-            worker.submit(np.stack(hist), obs_id)
+            worker.submit(state.history(), obs_id)
             next_tick = time.perf_counter()
             while True:
                 next_tick += period
                 chunk, aid = worker.latest()
                 if worker.error is not None:
                     raise worker.error
+                n = ep.length
                 lag = n - submitted[aid] if chunk is not None and aid >= ep_first else None
                 if lag is not None and aid == obs_id:
                     last = chunk[lag]  # on time: action `lag` of the chunk being executed (lag < k <= horizon)
@@ -122,15 +127,14 @@ def run_realtime(run: str | Path, *, hz: float, episodes: int = 1, late: str = "
                         from_chunk += 1
                 obs, r, term, trunc, info = env.step(last)
                 ticks += 1
-                n += 1
-                ret += float(r)
-                success |= bool(info.get("success", False))
-                hist.append(obs.astype(np.float32))
+                ep.record(last, float(r), info)
+                n = ep.length
+                state.observe(obs)
                 if n - submitted[obs_id] >= k:  # the chunk's k actions are done: replan from this observation
                     sid += 1
                     obs_id = sid
                     submitted[sid] = n
-                    worker.submit(np.stack(hist), obs_id)
+                    worker.submit(state.history(), obs_id)
                 if term or trunc or (max_steps and n >= max_steps):
                     break
                 delay = next_tick - time.perf_counter()
@@ -138,7 +142,8 @@ def run_realtime(run: str | Path, *, hz: float, episodes: int = 1, late: str = "
                     time.sleep(delay)
                 else:
                     next_tick = time.perf_counter()  # overran: do not try to catch up in a burst
-            eps.append({"episode": ep_i, "seed": s, "return": ret, "success": success, "length": n})
+            state.finish()
+            eps.append({"episode": ep_i, "seed": s, "return": ep.ret, "success": ep.success, "length": ep.length})
     finally:
         worker.stop = True
         with worker.cv:
@@ -146,12 +151,12 @@ def run_realtime(run: str | Path, *, hz: float, episodes: int = 1, late: str = "
         worker.join(timeout=5)
         env.close()
     wall = time.perf_counter() - t_start
-    lat = np.array(worker.latencies or [0.0]) * 1e3
+    lat = worker.latency.summary_ms()
     report = {"hz_target": hz, "hz_achieved": ticks / wall if wall else 0.0, "ticks": ticks,
               "deadline_misses": misses, "miss_rate": misses / max(ticks, 1), "late_policy": late,
               "actions_from_chunk": from_chunk, "n_obs_steps": policy.n_obs_steps, "horizon": policy.horizon,
-              "n_action_steps": k, "policy_calls": len(worker.latencies),
-              "latency_ms": {"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99))},
+              "n_action_steps": k, "policy_calls": len(worker.latency),
+              "latency_ms": {"p50": lat["p50"], "p99": lat["p99"]},
               "episodes": eps}
     run_dir = Path(run) if (Path(run) / "config.yaml").exists() else policy.ck.path.parent.parent
     atomic_write_json(run_dir / "realtime.json", report)

@@ -1,7 +1,8 @@
-"""Training orchestration: critic -> (behaviour) -> policy, each stage resumable from its last checkpoint.
+"""Training orchestration: critic -> the algorithm's stages (genctl.algos), each resumable from its last checkpoint.
 
-The algorithms in ``genctl.policies`` only do ``update(batch)``; this module owns the loop, the data, the
-normaliser, EMA, checkpoints, metrics and the progress bar.
+The algorithms in ``genctl.policies`` only do ``update(batch)`` and their specs in ``genctl.algos`` say which
+stages they need and how they are built; this module owns the loop, the data, the normaliser, EMA, metrics and
+the progress bar (checkpoints: ``train_checkpoint``).
 """
 
 from __future__ import annotations
@@ -9,14 +10,13 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from genctl.apps.chunking import ChunkCritic, SeqSpec, WindowData, build_windows
+from genctl.algos import BuildContext, spec_for
 from genctl.apps.critic_report import (
     advantage_stats,
     critic_report,
@@ -29,58 +29,32 @@ from genctl.apps.distributed import (
     any_rank,
     barrier,
     broadcast_modules,
-    gather,
     init_distributed,
-    replica_divergence,
     resolve_device,
     sync_gradients,
 )
-from genctl.apps.train_monitor import ValidationLoss, periodic_eval
-from genctl.config import TrainConfig, build_config, dump_yaml, resolved_beta
-from genctl.datasets import EpisodeStore, Normalizer, episode_split, load_transitions
+from genctl.apps.train_checkpoint import CheckpointMixin
+from genctl.apps.train_monitor import NonFinite, ValidationLoss, periodic_eval
+from genctl.config import TrainConfig, dump_yaml, load_saved_config
+from genctl.datasets import (
+    EpisodeStore,
+    Normalizer,
+    SeqSpec,
+    TransitionBatcher,
+    build_windows,
+    episode_split,
+    load_transitions,
+)
+from genctl.datasets.obs_spec import ObsSpec
 from genctl.errors import ConfigError, DataError, GenctlError
 from genctl.fsutil import atomic_write_json, atomic_write_text
 from genctl.metrics import MetricsLogger
-from genctl.policies import EMA, IQLCritic, make_algorithm, make_generative_model
+from genctl.policies import EMA, ChunkCritic, IQLCritic, make_generative_model
 from genctl.progress import progress_bar
-from genctl.run import Checkpoint, latest_checkpoint, load_module, save_checkpoint
-from genctl.seeding import rng_state, seed_everything, set_rng_state
+from genctl.run import Checkpoint, latest_checkpoint
+from genctl.seeding import seed_everything
 
 log = logging.getLogger("genctl.train")
-
-STAGES = ("critic", "behaviour", "policy")
-
-
-def stage_plan(cfg: TrainConfig) -> list[tuple[str, int]]:
-    plan = [("critic", 0 if cfg.critic.from_run else cfg.critic.steps)]
-    if cfg.policy.algo == "gmpg":
-        plan.append(("behaviour", cfg.policy.behaviour_steps))
-    plan.append(("policy", cfg.policy.steps))
-    return [(s, n) for s, n in plan if n > 0]
-
-
-@dataclass
-class Data:
-    """Normalised training transitions as device tensors, sampled with our own generator (exact resume).
-
-    ``windows`` (observation history / action chunks, see ``chunking``) feed the behaviour and policy stages
-    of a chunked run; the critic always samples single transitions. Both draw from the one generator."""
-
-    tensors: dict[str, torch.Tensor]
-    n: int
-    generator: torch.Generator
-    windows: WindowData | None = None
-
-    def sample(self, batch_size: int, *, windows: bool = False) -> dict[str, torch.Tensor]:
-        n = self.windows.n if windows and self.windows is not None else self.n
-        idx = torch.randint(n, (batch_size,), generator=self.generator, device="cpu")
-        device = next(iter(self.tensors.values())).device
-        if device.type == "cuda":  # from page-locked memory the copy is queued, not waited for (no sync per step)
-            idx = idx.pin_memory()
-        idx = idx.to(device, non_blocking=True)
-        if windows and self.windows is not None:
-            return self.windows.gather(idx)
-        return {k: v.index_select(0, idx) for k, v in self.tensors.items()}
 
 
 def reward_scale(cfg: TrainConfig, store: EpisodeStore) -> float:
@@ -98,7 +72,7 @@ def reward_scale(cfg: TrainConfig, store: EpisodeStore) -> float:
     return float(mode)
 
 
-class Trainer:
+class Trainer(CheckpointMixin):
     def __init__(self, cfg: TrainConfig, run_dir: Path, *, progress: bool = True, dist: DistInfo | None = None,
                  fresh: bool = True):
         # fresh=False: a resume, whose own checkpoint already holds the critic (critic.from_run is not re-read,
@@ -110,19 +84,20 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.amp = bool(cfg.amp)  # None = off on every device (see TrainConfig.amp for the measurements)
+        self.spec = spec_for(cfg.policy)
         seed_everything(cfg.seed)
         if not cfg.data.store:
             raise ConfigError("data.store is empty: pass data.store=PATH/TO/STORE.zarr")
         self.store = EpisodeStore.open(cfg.data.store)
-        if not self.store.has_reward and (cfg.policy.algo != "bc" or cfg.has_critic):  # BC-only demos (LeRobot)
-            need = f"policy.algo={cfg.policy.algo}" if cfg.policy.algo != "bc" else "a critic (critic.steps > 0)"
+        if not self.store.has_reward and (self.spec.needs_critic or cfg.has_critic):  # BC-only demos (LeRobot)
+            need = f"policy.algo={cfg.policy.algo}" if self.spec.needs_critic else "a critic (critic.steps > 0)"
             raise DataError(f"store {self.store.path} has no rewards (BC-only demos) and {need} needs them; "
                             "train behaviour cloning instead: policy.algo=bc critic.steps=0")
         self.critic_source: str | None = None
         self._build_data()
         self._build_models()
         if self.dist.enabled:
-            broadcast_modules([self.policy, self.critic, self.behaviour])
+            broadcast_modules(list(self.networks().values()))
             if self.ema is not None:
                 self.ema.module.load_state_dict(self.policy.state_dict())
             self._hooks = sync_gradients(self.optimizers(), self.dist.world)
@@ -135,12 +110,13 @@ class Trainer:
         train_eps, val_eps = episode_split(store.n_episodes, cfg.data.val_frac, cfg.seed)
         self.val_episodes = [int(i) for i in val_eps]
         self.train_episodes = np.asarray(train_eps, np.int64)
+        self.obs_spec = ObsSpec.from_store(store, cfg.data.obs_keys) if cfg.data.obs_keys is not None else None
+        store.select_obs(self.obs_spec)  # flat_obs (and so every array below) = what the policy observes
         raw = load_transitions(store, episodes=train_eps)
         if len(raw["action"]) == 0:
             raise DataError(f"store {store.path}: no training transitions after the validation split")
         stats = store.attrs.get("stats") or {}
-        self.obs_norm = (Normalizer.from_stats(stats["obs"], cfg.data.obs_norm) if "obs" in stats
-                         else Normalizer.fit(raw["obs"], cfg.data.obs_norm))
+        self.obs_norm = self._obs_normalizer(stats, raw["obs"])
         self.act_norm = (Normalizer.from_stats(stats["action"], cfg.data.action_norm) if "action" in stats
                          else Normalizer.fit(raw["action"], cfg.data.action_norm))
         self.reward_scale = reward_scale(cfg, store)
@@ -154,13 +130,12 @@ class Trainer:
         for k, v in arrays.items():
             if not np.all(np.isfinite(v)):
                 raise DataError(f"store {store.path}: field {k!r} has NaN/Inf after normalisation")
-        tensors = {k: torch.as_tensor(np.ascontiguousarray(v, dtype=np.float32)).to(self.device)
-                   for k, v in arrays.items()}
-        gen = torch.Generator().manual_seed(cfg.seed + 1 + 7919 * self.dist.rank)  # one data stream per rank
         self.seq = SeqSpec.from_config(cfg)
         windows = (build_windows(store, train_eps, self.obs_norm, self.act_norm, self.seq, self.device)
                    if self.seq.chunked else None)
-        self.data = Data(tensors, len(arrays["action"]), gen, windows)
+        # one data stream per rank; windows (behaviour and policy stages of a chunked run) draw from it too
+        self.data = TransitionBatcher(arrays, cfg.policy.batch_size, device=self.device, seed=cfg.seed + 1,
+                                      rank=self.dist.rank, world_size=self.dist.world, windows=windows)
         self.val_loss = ValidationLoss.maybe(store, self.val_episodes, self.obs_norm, self.act_norm, self.device,
                                              cfg.seed, self.seq.chunked)
         for what, bs in (("critic", cfg.critic.batch_size), ("policy", cfg.policy.batch_size)):
@@ -170,166 +145,76 @@ class Trainer:
         self.obs_dim = arrays["obs"].shape[1]
         self.action_dim = arrays["action"].shape[1]
 
+    def _obs_normalizer(self, stats: dict[str, Any], obs: np.ndarray) -> Normalizer:
+        mode, spec = self.cfg.data.obs_norm, self.obs_spec
+        if spec is None or spec.is_default:
+            return Normalizer.from_stats(stats["obs"], mode) if "obs" in stats else Normalizer.fit(obs, mode)
+        picked = spec.stats_from_store(stats)  # selected keys; pixels pass unchanged (the encoder scales them)
+        if picked is None:
+            fit = Normalizer.fit(obs[:, :spec.low_dim], mode).stats
+            picked = spec.pixel_normalizer_stats(fit)
+        return Normalizer(mode, picked)
+
+    def encoder_config(self, n_obs_steps: int) -> dict[str, Any] | None:
+        """FlatObsEncoder arguments when the policy sees cameras (model.vision), else None."""
+        if self.obs_spec is None or not self.obs_spec.has_images:
+            return None
+        v = self.cfg.model.vision
+        return {"obs_spec": self.obs_spec.to_dict(), "n_obs_steps": n_obs_steps, "kind": v.encoder,
+                "share": v.share, "out_dim": v.features, "crop": v.crop, "num_kp": v.keypoints}
+
     def _build_models(self) -> None:
         cfg, m = self.cfg, self.cfg.model
         kw = dict(hidden=list(m.hidden), t_dim=m.t_dim, cond_hidden=m.cond_hidden, t_cond_hidden=m.t_cond_hidden)
         if m.kind == "vpsde":
             kw["vpsde_target"] = m.vpsde_target
+        if self.obs_spec is not None and self.obs_spec.has_images:
+            kw["obs_encoder"] = self.encoder_config(self.seq.n_obs_steps)
         # chunked: x = horizon actions, cond = n_obs_steps observations (flattened); the critic stays single-step
         x_dim, cond_dim = self.seq.horizon * self.action_dim, self.seq.n_obs_steps * self.obs_dim
-        self.policy = make_generative_model(m.kind, x_dim, cond_dim, **kw).to(self.device)
+
+        def new_model() -> torch.nn.Module:
+            return make_generative_model(m.kind, x_dim, cond_dim, **kw).to(self.device)
+
+        self.policy = new_model()
         self.critic = None
         if cfg.has_critic:
             c = cfg.critic
             self.critic = IQLCritic(self.obs_dim, self.action_dim, hidden=tuple(c.hidden), expectile=c.expectile,
-                                    gamma=c.gamma, tau=c.tau, lr=c.lr, amp=c.amp).to(self.device)
+                                    gamma=c.gamma, tau=c.tau, lr=c.lr, amp=c.amp,
+                                    obs_encoder=self.encoder_config(1)).to(self.device)
             if c.from_run and self.fresh:
                 self._load_critic(Path(c.from_run))
-        self.behaviour = None
-        if cfg.policy.algo == "gmpg":
-            self.behaviour = make_generative_model(m.kind, x_dim, cond_dim, **kw).to(self.device)
-        self.ema = EMA(self.policy, cfg.policy.ema_decay) if cfg.policy.ema_decay else None
-        if cfg.compile:  # in place (Module.compile): parameter names, hence checkpoints, are unchanged
-            for net in (self.policy.backbone, getattr(self.behaviour, "backbone", None)):
-                if net is not None:
-                    net.compile()
-        p = cfg.policy
-        self.algos: dict[str, Any] = {}
-        if self.behaviour is not None:
-            self.algos["behaviour"] = make_algorithm("bc", self.behaviour, lr=p.behaviour_lr, grad_clip=p.grad_clip,
-                                                     amp=self.amp)
-        hp: dict[str, Any] = dict(lr=p.lr, grad_clip=p.grad_clip, amp=self.amp)
-        if p.algo == "gmpo":
-            hp.update(beta=resolved_beta(p), clamp=p.clamp)
-        elif p.algo == "gmpg":
-            hp.update(beta=resolved_beta(p), sample_steps=p.sample_steps, solver=p.solver, exact_trace=p.exact_trace,
-                      kl_batch=p.kl_batch)
         critic: Any = self.critic
         if critic is not None and self.seq.chunked:  # Q/V of the window's current obs and first action
             critic = ChunkCritic(critic, self.obs_dim, self.action_dim)
-        self.algos["policy"] = make_algorithm(p.algo, self.policy, critic=critic, behaviour=self.behaviour, **hp)
-
-    def _load_critic(self, src: Path) -> None:
-        """critic.from_run: the other run's trained critic, after checking it was trained on the same inputs."""
-        path = latest_checkpoint(src) if (src / "config.yaml").exists() else src
-        if path is None or not (path / "meta.json").exists():
-            raise ConfigError(f"critic.from_run={src}: no checkpoint there (expected a run folder with "
-                              "checkpoints/ or a checkpoint folder)")
-        ck = Checkpoint(path)
-        m = ck.meta
-        if not ck.has("critic"):
-            raise ConfigError(f"critic.from_run={src}: checkpoint {path.name} has no critic (a BC run?)")
-        if m.get("stage") == "critic" and not m.get("finished"):
-            raise ConfigError(f"critic.from_run={src}: its critic stage is unfinished ({path.name}); resume it first")
-        mine = {"store": str(Path(self.cfg.data.store).resolve()), "obs_dim": self.obs_dim,
-                "action_dim": self.action_dim, "reward_scale": self.reward_scale,
-                "reward_shift": self.cfg.data.reward_shift}
-        for key, want in mine.items():
-            got = m.get(key)
-            same = math.isclose(got, want, rel_tol=1e-9) if isinstance(want, float) and got is not None else got == want
-            if not same:
-                raise ConfigError(f"critic.from_run={src}: trained with {key}={got!r}, this run has {want!r}")
-        theirs = m["config"].get("critic", {})
-        for key in ("hidden", "gamma", "expectile"):
-            if theirs.get(key) != getattr(self.cfg.critic, key):
-                raise ConfigError(f"critic.from_run={src}: trained with critic.{key}={theirs.get(key)!r}, this run "
-                                  f"has {getattr(self.cfg.critic, key)!r} (set it to match)")
-        load_module(self.critic, ck.group("critic"), f"checkpoint {path} (critic)")
-        self.critic_source = str(path.resolve())
+        built = self.spec.build(cfg.policy, BuildContext(self.policy, critic, new_model, self.amp))
+        self.updates: dict[str, Any] = built.updates
+        self.models: dict[str, torch.nn.Module] = built.models
+        self.ema = EMA(self.policy, cfg.policy.ema_decay) if cfg.policy.ema_decay else None
+        if cfg.compile:  # in place (Module.compile): parameter names, hence checkpoints, are unchanged
+            for net in (self.policy, *self.models.values()):
+                if getattr(net, "backbone", None) is not None:
+                    net.backbone.compile()
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         opts: dict[str, torch.optim.Optimizer] = {}
         if self.critic is not None:
             opts.update({f"critic.{k}": v for k, v in self.critic.optimizers().items()})
-        for stage, algo in self.algos.items():
-            opts.update({f"{stage}.{k}": v for k, v in algo.optimizers().items()})
+        for stage, update in self.updates.items():
+            opts.update({f"{stage}.{k}": v for k, v in update.optimizers().items()})
         return opts
-
-    # ---------------------------------------------------------------- checkpoints
-    def meta(self) -> dict[str, Any]:
-        plan = stage_plan(self.cfg)
-        return {
-            "config": self.cfg.model_dump(mode="json"),
-            "stage": plan[self.stage_idx][0] if self.stage_idx < len(plan) else "done",
-            "stage_idx": self.stage_idx, "stage_step": self.stage_step,
-            "finished": self.stage_idx >= len(plan),
-            "model": self.policy.config(),
-            "obs_dim": self.obs_dim, "action_dim": self.action_dim, **self.seq.to_meta(),
-            "obs_norm": self.obs_norm.to_dict(), "action_norm": self.act_norm.to_dict(),
-            "reward_scale": self.reward_scale, "reward_shift": self.cfg.data.reward_shift,
-            "beta": resolved_beta(self.cfg.policy), "adv_stats": self.adv_stats, "critic_from": self.critic_source,
-            "env": self.store.attrs.get("env"), "obs_keys": self.store.attrs.get("obs_keys"),
-            "action_space": self.store.attrs.get("action_space"),
-            "ref_min_score": self.store.attrs.get("ref_min_score"),
-            "ref_max_score": self.store.attrs.get("ref_max_score"),
-            "store": str(Path(self.cfg.data.store).resolve()), "val_episodes": self.val_episodes,
-            "rng": rng_state(), "data_rng": self.data.generator.get_state().tolist(),
-            "world_size": self.dist.world,
-            "time": time.time(),
-        }
-
-    def save(self) -> Path | None:
-        """Checkpoint (rank 0 writes; every rank must call it: per-rank data streams are gathered)."""
-        ranks_rng = gather(self.data.generator.get_state().tolist(), self.dist)
-        divergence = replica_divergence([self.policy, self.critic, self.behaviour], self.dist)
-        if not self.dist.is_main:
-            barrier(self.dist)
-            return None
-        groups = {"policy": self.policy.state_dict()}
-        bad = [n for n, m in (("policy", self.policy), ("critic", self.critic), ("behaviour", self.behaviour))
-               if m is not None and not all(bool(torch.isfinite(t).all()) for t in m.parameters())]
-        if bad:  # never overwrite a good checkpoint with diverged weights
-            raise GenctlError(f"step {self.global_step}: {', '.join(bad)} weights became NaN/Inf; training stopped. "
-                              f"Last good checkpoint: {latest_checkpoint(self.run_dir) or 'none'}")
-        if self.ema is not None:
-            groups["ema"] = self.ema.module.state_dict()
-        if self.critic is not None:
-            groups["critic"] = self.critic.state_dict()
-        if self.behaviour is not None:
-            groups["behaviour"] = self.behaviour.state_dict()
-        meta = self.meta()
-        if self.dist.enabled:
-            meta.update(data_rng_ranks=ranks_rng, replica_divergence=divergence)
-        path = save_checkpoint(self.run_dir, self.global_step, groups, self.optimizers(), meta)
-        barrier(self.dist)
-        return path
-
-    def restore(self, ck: Checkpoint) -> None:
-        m = ck.meta
-        if m["obs_dim"] != self.obs_dim or m["action_dim"] != self.action_dim:
-            raise DataError(f"checkpoint {ck.path}: obs/action dims {m['obs_dim']}/{m['action_dim']} do not match "
-                            f"the store {self.store.path} ({self.obs_dim}/{self.action_dim})")
-        load_module(self.policy, ck.group("policy"), f"checkpoint {ck.path} (policy)")
-        if self.ema is not None and ck.has("ema"):
-            load_module(self.ema.module, ck.group("ema"), f"checkpoint {ck.path} (ema)")
-        if self.critic is not None:
-            load_module(self.critic, ck.group("critic"), f"checkpoint {ck.path} (critic)")
-        if self.behaviour is not None:
-            load_module(self.behaviour, ck.group("behaviour"), f"checkpoint {ck.path} (behaviour)")
-        ck.load_optimizers(self.optimizers())
-        self.stage_idx, self.stage_step, self.global_step = m["stage_idx"], m["stage_step"], m["step"]
-        self.adv_stats = m.get("adv_stats")
-        self.critic_source = m.get("critic_from")
-        set_rng_state(m["rng"])
-        rng = m["data_rng"]
-        if self.dist.enabled:
-            ranks = m.get("data_rng_ranks") or []
-            if m.get("world_size") == self.dist.world and len(ranks) == self.dist.world:
-                rng = ranks[self.dist.rank]
-            else:  # different world size: a fresh, distinct stream per rank (exactness needs the same N)
-                rng = torch.Generator().manual_seed(self.cfg.seed + 1 + 7919 * self.dist.rank + m["step"]).get_state()
-        self.data.generator.set_state(torch.as_tensor(rng, dtype=torch.uint8))
 
     # ---------------------------------------------------------------- loop
     def _update(self, stage: str, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
         # bf16 autocast (cfg.amp) lives inside the algorithms, which keep critic values and weights in fp32.
-        # On a GPU the metrics stay on the device (no host sync per step); see _NonFinite.
+        # On a GPU the metrics stay on the device (no host sync per step); see NonFinite.
         sync = self.device.type != "cuda"
         if stage == "critic":
             assert self.critic is not None
             self._critic_lr()
             return self.critic.update(batch, sync=sync)
-        metrics = self.algos[stage].update(batch, sync=sync)
+        metrics = self.updates[stage].update(batch, sync=sync)
         if stage == "policy" and self.ema is not None:
             self.ema.update(self.policy)
         return metrics
@@ -347,8 +232,7 @@ class Trainer:
     def critic_diagnostics(self) -> dict[str, Any]:
         """Q on every training transition vs its Monte-Carlo return, and the advantage spread (critic.json)."""
         assert self.critic is not None
-        t = self.data.tensors
-        q, v = critic_values(self.critic, t["obs"], t["action"])
+        q, v = critic_values(self.critic, self.data.column("obs"), self.data.column("action"))
         g, valid = mc_targets(self.store, self.train_episodes, gamma=self.cfg.critic.gamma, scale=self.reward_scale,
                               shift=self.cfg.data.reward_shift, keep_last_untermed=self.store.has_next_obs())
         if len(g) != len(q):  # cannot align (should not happen): report the spread only
@@ -364,30 +248,17 @@ class Trainer:
         atomic_write_json(self.run_dir / "critic.json", rep)
         log.info(format_critic_report(rep))
 
-    def _set_advantage_scale(self) -> None:
-        algo = self.algos.get("policy")
-        if self.critic is None or not hasattr(algo, "set_advantage_scale"):
-            return
+    def advantage_stats(self) -> dict[str, float]:
+        """Mean and spread of Q - V over the training transitions under the frozen critic (measured once)."""
         if self.adv_stats is None:
-            t = self.data.tensors
-            q, v = critic_values(self.critic, t["obs"], t["action"])
+            assert self.critic is not None
+            q, v = critic_values(self.critic, self.data.column("obs"), self.data.column("action"))
             self.adv_stats = advantage_stats(q, v)
-        if self.cfg.policy.adv_norm == "std":
-            a = self.adv_stats
-            algo.set_advantage_scale(a["mean"], max(a["std"], 1e-8 * max(abs(a["mean"]), 1.0)))
-
-    def _enter_stage(self, stage: str) -> None:
-        if stage == "policy":
-            self._set_advantage_scale()
-        if stage == "policy" and self.behaviour is not None and self.stage_step == 0:
-            # GMPG: the policy starts as the pretrained behaviour model mu.
-            self.policy.load_state_dict(self.behaviour.state_dict())
-            if self.ema is not None:
-                self.ema.module.load_state_dict(self.behaviour.state_dict())
+        return self.adv_stats
 
     def run(self, *, stop_after: int | None = None, on_eval=None) -> bool:
         """Train until done (True) or until ``stop_after`` global steps in this call (False)."""
-        plan = stage_plan(self.cfg)
+        plan = self.plan()
         logger = MetricsLogger(self.run_dir) if self.dist.is_main else None
         done_here = 0
         if self.critic_source and self.dist.is_main and not (self.run_dir / "critic.json").exists():
@@ -397,10 +268,10 @@ class Trainer:
                 stage, total = plan[self.stage_idx]
                 bs = self.cfg.critic.batch_size if stage == "critic" else self.cfg.policy.batch_size
                 bs = max(1, bs // self.dist.world)  # the configured batch is the global batch
-                self._enter_stage(stage)
+                self.spec.enter_stage(stage, self.cfg.policy, self)
                 bar = progress_bar(total, desc=f"{stage:9s}", enabled=self.progress, initial=self.stage_step)
                 t0, n0 = time.perf_counter(), self.stage_step
-                nonfinite = _NonFinite()
+                nonfinite = NonFinite()
                 while self.stage_step < total:
                     metrics = self._update(stage, self.data.sample(bs, windows=stage != "critic"))
                     self.stage_step += 1
@@ -427,10 +298,10 @@ class Trainer:
                     bar.update(1)
                     if logger and log_now:
                         metrics = {k: float(v) for k, v in metrics.items()}
-                        if self.val_loss is not None and stage in ("behaviour", "policy"):
+                        if self.val_loss is not None and stage != "critic":
                             # the deployed weights (EMA when kept) on the held-out episodes
                             model = (self.ema.module if stage == "policy" and self.ema is not None
-                                     else self.policy if stage == "policy" else self.behaviour)
+                                     else self.updates[stage].model)
                             metrics["val_loss"] = self.val_loss(model)
                         its = (self.stage_step - n0) / max(time.perf_counter() - t0, 1e-9)
                         logger.log(self.global_step, {**metrics, "it_per_s": its}, stage=stage)
@@ -459,31 +330,6 @@ class Trainer:
         finally:
             if logger:
                 logger.close()
-
-
-class _NonFinite:
-    """Which metrics went NaN/Inf since the last check. CPU metrics arrive as floats and are checked at once;
-    GPU metrics arrive as device tensors and are OR-ed into device flags, read only by ``check`` (one host sync
-    per log or checkpoint step instead of one per training step)."""
-
-    def __init__(self) -> None:
-        self.lazy = False
-        self._bad: list[str] = []
-        self._flags: dict[str, torch.Tensor] = {}
-
-    def add(self, metrics: dict[str, Any]) -> None:
-        for k, v in metrics.items():
-            if isinstance(v, torch.Tensor):
-                self.lazy = True
-                flag = ~torch.isfinite(v)
-                self._flags[k] = flag if k not in self._flags else self._flags[k] | flag
-            elif not math.isfinite(v):
-                self._bad.append(k)
-
-    def check(self) -> list[str]:
-        bad = self._bad + [k for k, f in self._flags.items() if bool(f)]
-        self._bad, self._flags = [], {}
-        return bad
 
 
 def default_run_name(cfg: TrainConfig) -> str:
@@ -532,7 +378,7 @@ def resume(run_dir: str | Path, *, progress: bool = True, stop_after: int | None
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.exists():
         raise GenctlError(f"{run_dir} is not a run folder (no config.yaml)")
-    cfg = build_config(TrainConfig, file=cfg_path)
+    cfg = load_saved_config(cfg_path)
     ck_path = latest_checkpoint(run_dir)
     trainer = Trainer(cfg, run_dir, progress=progress, dist=init_distributed(cfg.device), fresh=ck_path is None)
     if ck_path is not None:

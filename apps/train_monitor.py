@@ -1,9 +1,11 @@
-"""What training reports besides its losses: a validation loss on held-out episodes (``data.val_frac``) and a
-closed-loop evaluation every ``eval.every`` policy steps, both written to metrics.jsonl (and so to the plots)."""
+"""What training reports besides its losses: a validation loss on held-out episodes (``data.val_frac``), a
+closed-loop evaluation every ``eval.every`` policy steps, both written to metrics.jsonl (and so to the plots),
+and the NaN/Inf watch on the losses (``NonFinite``)."""
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -73,3 +75,28 @@ def periodic_eval(cfg: TrainConfig) -> Callable[[Path], dict[str, Any]] | None:
         return out
 
     return run_eval
+
+
+class NonFinite:
+    """Which metrics went NaN/Inf since the last check. CPU metrics arrive as floats and are checked at once;
+    GPU metrics arrive as device tensors and are OR-ed into device flags, read only by ``check`` (one host sync
+    per log or checkpoint step instead of one per training step)."""
+
+    def __init__(self) -> None:
+        self.lazy = False
+        self._bad: list[str] = []
+        self._flags: dict[str, torch.Tensor] = {}
+
+    def add(self, metrics: dict[str, Any]) -> None:
+        for k, v in metrics.items():
+            if isinstance(v, torch.Tensor):
+                self.lazy = True
+                flag = ~torch.isfinite(v)
+                self._flags[k] = flag if k not in self._flags else self._flags[k] | flag
+            elif not math.isfinite(v):
+                self._bad.append(k)
+
+    def check(self) -> list[str]:
+        bad = self._bad + [k for k, f in self._flags.items() if bool(f)]
+        self._bad, self._flags = [], {}
+        return bad

@@ -13,15 +13,19 @@ from genctl.datasets.normalizer import Normalizer
 from genctl.datasets.samplers import SequenceSampler, TransitionBatcher, episode_split, load_transitions
 from genctl.datasets.schema import FORMAT_VERSION
 from genctl.datasets.store import EpisodeStore
+from genctl.datasets.windows import SeqSpec, WindowData, build_windows
 from genctl.datasets.writer import StoreWriter
 
 __all__ = [
     "FORMAT_VERSION",
     "EpisodeStore",
     "Normalizer",
+    "SeqSpec",
     "SequenceSampler",
     "StoreWriter",
     "TransitionBatcher",
+    "WindowData",
+    "build_windows",
     "detect_format",
     "episode_split",
     "export_minari",

@@ -63,7 +63,7 @@ class ObsSpec:
     @property
     def is_default(self) -> bool:
         """The env's whole flat observation and no cameras (every run before obs_keys existed)."""
-        return not self.cameras and self.env_slices == ((0, self.env_obs_dim),)
+        return not self.cameras and self.low_dim == self.env_obs_dim  # keys are distinct: all of them
 
     # --- construction -----------------------------------------------------------------------------------------
     @classmethod
@@ -144,12 +144,20 @@ class ObsSpec:
             parts.append(img.reshape(len(low), -1).astype(np.float32))
         return np.concatenate(parts, axis=1)
 
+    def stats_from_store(self, stats: dict[str, Any]) -> dict[str, list[float]] | None:
+        """Normaliser statistics of the whole flat vector from a store's ``attrs["stats"]`` (None if missing)."""
+        parts = [stats.get(k) for k in self.low_keys]
+        if any(p is None for p in parts):
+            return None
+        low = {f: [v for p in parts for v in p[f]] for f in ("mean", "std", "min", "max")}
+        return self.pixel_normalizer_stats(low)
+
     def pixel_normalizer_stats(self, low_stats: dict[str, list[float]]) -> dict[str, list[float]]:
-        """Normaliser statistics for the flat vector: the low-dim ones, then mean 0 / std 1 / range 0..255 for
-        pixels (identity: the encoder scales them)."""
+        """Normaliser statistics for the flat vector: the low-dim ones, then for pixels statistics that make
+        every mode the identity (mean 0 / std 1; min -1 / max 1): the encoder scales pixels itself."""
         n = self.dim - self.low_dim
         out = {k: list(v) for k, v in low_stats.items() if k in ("mean", "std", "min", "max")}
-        pad = {"mean": 0.0, "std": 1.0, "min": 0.0, "max": 255.0}
+        pad = {"mean": 0.0, "std": 1.0, "min": -1.0, "max": 1.0}
         return {k: v + [pad[k]] * n for k, v in out.items()}
 
 

@@ -1,4 +1,5 @@
-"""Samplers: transitions for critics, windows for sequence policies, and the train/val split.
+"""Samplers: the training batcher (transitions for critics, windows for sequence policies), the window index
+and the train/val split.
 
 Training indexes RAM, never zarr: a random batch touches nearly every chunk, so it costs a full decode on disk
 but one gather in memory (stack-notes §f).
@@ -55,15 +56,21 @@ def load_transitions(store: EpisodeStore, episodes: Any = None) -> dict[str, np.
 
 
 class TransitionBatcher:
-    """Uniform random minibatches from arrays held in memory (on ``device``).
+    """Uniform random minibatches from arrays held in memory (on ``device``): the training data path.
 
     All keys live in one contiguous (N, sum of widths) float32 tensor, so a batch is one ``randint`` plus one
     ``index_select`` — a single gather instead of one per key. Returned tensors are column views of that batch.
-    With ``world_size > 1`` each rank draws from its own independent stream (seeded from (seed, rank)), so data
-    parallel workers do not see identical batches."""
+    ``windows`` (a ``genctl.datasets.windows.WindowData``) adds observation-history / action-chunk batches,
+    ``sample(windows=True)``, drawn from the same stream.
+
+    Streams: each rank draws from its own CPU generator seeded ``seed + 7919 * rank`` (data-parallel workers do
+    not see identical batches); on a GPU the indices are copied from page-locked memory without a host sync.
+    ``state_dict()`` / ``load_state_dict()`` carry the stream across a checkpoint (exact resume);
+    ``restart(offset)`` starts a fresh, distinct stream per rank when a resume cannot continue the old ones
+    (a different world size)."""
 
     def __init__(self, arrays: dict[str, np.ndarray], batch_size: int, *, device: Any = "cpu", seed: int = 0,
-                 rank: int = 0, world_size: int = 1) -> None:
+                 rank: int = 0, world_size: int = 1, windows: Any = None) -> None:
         import torch
 
         if not 0 <= rank < world_size:
@@ -87,22 +94,41 @@ class TransitionBatcher:
         self.device = torch.device(device)
         self.table = torch.from_numpy(table).to(self.device)
         self.n, self.batch_size, self.rank, self.world_size = n, batch_size, rank, world_size
-        self.generator = torch.Generator(device=self.device)
-        stream = np.random.SeedSequence([seed, rank, world_size]).generate_state(2, np.uint32)
-        self.generator.manual_seed(int(stream[0]) << 32 | int(stream[1]))
+        self.windows = windows
+        self.seed = int(seed)
+        self.generator = torch.Generator()
+        self.restart()
 
     def __len__(self) -> int:
         return self.n
 
-    def sample(self) -> dict[str, Any]:
+    def restart(self, offset: int = 0) -> None:
+        """(Re)seed this rank's stream: ``seed + 7919 * rank + offset``."""
+        self.generator.manual_seed(self.seed + 7919 * self.rank + int(offset))
+
+    def _indices(self, n: int, batch_size: int) -> Any:
         import torch
 
-        idx = torch.randint(self.n, (self.batch_size,), generator=self.generator, device=self.device)
-        rows = self.table.index_select(0, idx)
-        out = {}
-        for k, a, b in self._cols:
-            out[k] = rows[:, a:b].reshape(self.batch_size, *self.shapes[k])  # a view for 0-d/1-d keys
-        return out
+        idx = torch.randint(n, (batch_size,), generator=self.generator)
+        if self.device.type == "cuda":  # from page-locked memory the copy is queued, not waited for
+            idx = idx.pin_memory()
+        return idx.to(self.device, non_blocking=True)
+
+    def sample(self, batch_size: int | None = None, *, windows: bool = False) -> dict[str, Any]:
+        """A batch of ``batch_size`` (default: the constructor's) transitions, or of windows with
+        ``windows=True`` when the batcher has them (else transitions)."""
+        b = batch_size or self.batch_size
+        if windows and self.windows is not None:
+            return self.windows.gather(self._indices(self.windows.n, b))
+        rows = self.table.index_select(0, self._indices(self.n, b))
+        return {k: rows[:, a:c].reshape(b, *self.shapes[k]) for k, a, c in self._cols}  # views for 0-d/1-d keys
+
+    def column(self, key: str) -> Any:
+        """All N rows of one key (a view of the table), e.g. every training observation."""
+        for k, a, c in self._cols:
+            if k == key:
+                return self.table[:, a:c].reshape(self.n, *self.shapes[k])
+        raise KeyError(key)
 
     def state_dict(self) -> dict[str, Any]:
         """Generator state as a JSON-friendly list, for exact resume."""
@@ -111,7 +137,7 @@ class TransitionBatcher:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         import torch
 
-        self.generator.set_state(torch.tensor(state["generator"], dtype=torch.uint8))
+        self.generator.set_state(torch.as_tensor(state["generator"], dtype=torch.uint8))
 
 
 class SequenceSampler:

@@ -41,6 +41,7 @@ class EpisodeStore:
         self.episode_ends = episode_ends
         self.attrs: dict[str, Any] = dict(root.attrs)
         self._chunks_checked: set[str] = set()
+        self._obs_spec: Any = None  # an ObsSpec selecting what flat_obs returns (select_obs)
 
     # --- opening --------------------------------------------------------------------------------------------
     @classmethod
@@ -187,14 +188,39 @@ class EpisodeStore:
     def has_next_obs(self) -> bool:
         return any(is_next_obs_key(k) for k in self._arrays)
 
+    def select_obs(self, spec: Any) -> None:
+        """Make :meth:`flat_obs` return what a policy with ``spec`` (``genctl.datasets.obs_spec.ObsSpec``) sees:
+        the chosen low-dim keys, then camera pixels. None (or a spec of every key, no camera): the default."""
+        self._obs_spec = None if spec is None or spec.is_default else spec
+
     def flat_obs(self, next: bool = False, episodes: Any = None) -> np.ndarray:
-        """(N, D) float32: ``obs`` or the sorted concatenation of ``obs/<name>`` (``next_obs`` with ``next``)."""
-        keys = self.obs_field_keys(next)
+        """(N, D) float32: ``obs`` or the sorted concatenation of ``obs/<name>`` (``next_obs`` with ``next``);
+        with :meth:`select_obs`, the selected keys and cameras (a next frame is the episode's next row; the last
+        row repeats itself, as stores keep no next_image)."""
         if next and not self.has_next_obs():
             raise DataError(f"store {self.path}: no field 'next_obs' (the source had no next observations)")
+        if self._obs_spec is not None:
+            return self._selected_obs(next, episodes)
+        keys = self.obs_field_keys(next)
         data = self.load(keys, episodes)
         parts = [data[k].reshape(len(data[k]), -1) for k in keys]
         return np.ascontiguousarray(parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1), np.float32)
+
+    def _selected_obs(self, next: bool, episodes: Any) -> np.ndarray:
+        spec = self._obs_spec
+        low_keys = [("next_" + k) if next else k for k in spec.low_keys]
+        data = self.load(low_keys + [c.key for c in spec.cameras], episodes)
+        n = len(data[low_keys[0]]) if low_keys else len(data[spec.cameras[0].key])
+        low = (np.concatenate([data[k].reshape(n, -1) for k in low_keys], axis=1) if low_keys
+               else np.zeros((n, 0), np.float32))
+        images = {c.key: data[c.key] for c in spec.cameras}
+        if next and images:
+            eps = np.arange(self.n_episodes) if episodes is None else self._episode_index(episodes)
+            last = np.cumsum(self.episode_lengths()[eps]) - 1
+            nxt = np.arange(1, n + 1)
+            nxt[last] = last
+            images = {k: v[nxt] for k, v in images.items()}
+        return spec.compose(low, images)
 
     @property
     def has_reward(self) -> bool:

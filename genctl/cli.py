@@ -6,10 +6,12 @@ Errors caused by input (bad files, bad config) print one line and exit 2; ``--de
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from genctl.errors import GenctlError
@@ -56,7 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--random-frac", type=float, default=0.0, help="fraction of episodes with uniform random actions")
     p.add_argument("--workers", type=int, default=1, help="worker processes")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--images", action="store_true", help="also store camera frames (uint8, compressed)")
+    p.add_argument("--images", action="store_true", help="also store camera frames as image/<camera> (uint8)")
+    p.add_argument("--camera", default="default",
+                   help="with --images: 'default' (the env's view), 'top' (overhead; mazes: whole maze and goal) "
+                   "or a camera named in the MuJoCo model; evaluation renders the same view")
+    p.add_argument("--image-size", type=int, default=240, help="with --images: frame height = width in pixels "
+                   "(84 or 64 for a vision policy)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("-o", "--out", required=True, help="output store (.zarr)")
 
@@ -237,8 +244,21 @@ def _train_summary(run_dir: Path, stop_after: int | None) -> str:
                      f"   |   genctl plot {run_dir}")
     return "\n".join(lines)
 
+@contextlib.contextmanager
+def _flags(renamed: dict[str, str] | None = None) -> Iterator[None]:
+    """An app's ``OptionError`` (named by its keyword argument) becomes an error naming the command-line flag."""
+    from genctl.apps.rollout_state import OptionError
+
+    try:
+        yield
+    except OptionError as e:
+        flag = (renamed or {}).get(e.option) or "--" + e.option.replace("_", "-")
+        raise GenctlError(f"{flag} {e.problem}") from None
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
-    from genctl.apps.evaluate import evaluate, format_report
+    from genctl.apps.distributed import resolve_device
+    from genctl.apps.evaluate import EvalOptions, evaluate, format_report
     from genctl.apps.viz import parse_rerun_arg
 
     rerun = parse_rerun_arg(args.rerun)
@@ -247,12 +267,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     temperature = 0.0 if args.deterministic else args.temperature
     ranked = args.candidates if args.select == "q" else None
     cloud = args.candidates if args.candidates is not None and args.select != "q" else 64
-    r = evaluate(args.run, episodes=args.episodes, envs=args.envs, solver=args.solver, steps=args.steps,
-                 seed_start=args.seed, rerun=rerun, rerun_episodes=args.rerun_episodes, candidates=cloud,
-                 frame_every=args.frame_every, max_episode_steps=args.max_episode_steps, device=args.device,
-                 out=Path(args.out) if args.out else None, progress=not args.quiet,
-                 n_action_steps=args.n_action_steps, select=args.select, select_candidates=ranked,
-                 temperature=temperature)
+    opts = EvalOptions(episodes=args.episodes, envs=args.envs, solver=args.solver, steps=args.steps,
+                       seed_start=args.seed, rerun=rerun, rerun_episodes=args.rerun_episodes, candidates=cloud,
+                       frame_every=args.frame_every, max_episode_steps=args.max_episode_steps, device=args.device,
+                       out=Path(args.out) if args.out else None, progress=not args.quiet,
+                       n_action_steps=args.n_action_steps, select=args.select, select_candidates=ranked,
+                       temperature=temperature)
+    with _flags({"seed_start": "--seed", "select_candidates": "--candidates"}):
+        opts.check()
+        resolve_device(args.device, label="--device ")  # the device errors name the flag
+        r = evaluate(args.run, opts)
     if "return" not in r:  # a torchrun rank other than 0: rank 0 reports
         return 0
     print(format_report(r))
@@ -269,7 +293,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
     out = collect(args.env, expert=args.expert, episodes=args.episodes, noise=args.noise,
                   random_frac=args.random_frac, workers=args.workers, seed=args.seed, out=args.out,
-                  images=args.images, overwrite=args.overwrite, progress=not args.quiet)
+                  images=args.images, camera=args.camera, image_size=args.image_size, overwrite=args.overwrite,
+                  progress=not args.quiet)
     print(collect_summary(out))
     return 0
 
@@ -330,8 +355,9 @@ def cmd_view(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from genctl.apps.realtime import run_realtime
 
-    r = run_realtime(args.run, hz=args.hz, episodes=args.episodes, late=args.late, solver=args.solver,
-                     steps=args.steps, max_steps=args.max_steps, n_action_steps=args.n_action_steps)
+    with _flags():
+        r = run_realtime(args.run, hz=args.hz, episodes=args.episodes, late=args.late, solver=args.solver,
+                         steps=args.steps, max_steps=args.max_steps, n_action_steps=args.n_action_steps)
     print(f"target {r['hz_target']:.1f} Hz, achieved {r['hz_achieved']:.1f} Hz over {r['ticks']} ticks; "
           f"deadline misses {r['deadline_misses']} ({100 * r['miss_rate']:.1f}%); policy p50 "
           f"{r['latency_ms']['p50']:.2f} ms p99 {r['latency_ms']['p99']:.2f} ms")

@@ -7,17 +7,16 @@ Load order: defaults <- YAML file (``-c FILE``) <- ``key=value`` overrides (dott
 from __future__ import annotations
 
 import difflib
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from genctl.algos import DEFAULT_ALGO, PolicyConfig, migrate_policy_section, spec_for
+from genctl.algos.base import StrictModel as _Strict
 from genctl.errors import ConfigError
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class DataConfig(_Strict):
@@ -31,6 +30,10 @@ class DataConfig(_Strict):
         "dataset's reward units (so one critic lr fits all); 'return_range' = 1000/(max_return - min_return) as "
         "IQL does for locomotion; a number = that factor")
     reward_shift: float = Field(0.0, description="added after scaling (IQL uses -1 for AntMaze)")
+    obs_keys: list[str] | None = Field(
+        None, description="store keys the policy observes, e.g. [obs/observation, image/top]: low-dim keys are "
+        "concatenated and normalised, image/<cam> keys go through the vision encoder (model.vision); None = every "
+        "low-dim observation key, no camera")
     # Observation history and action chunking (Diffusion-Policy style). The defaults (1, 1, None) are the
     # single-step policy: cond = one observation, x = one action, one policy call per control step.
     n_obs_steps: int = Field(
@@ -44,6 +47,21 @@ class DataConfig(_Strict):
         "None = horizon; must be <= horizon")
 
 
+class VisionConfig(_Strict):
+    """The image encoder of policies (and critics) whose data.obs_keys name cameras; trained from scratch, end to
+    end with the policy's loss (the critic has its own, trained by its TD loss)."""
+
+    encoder: Literal["small", "resnet18"] = Field(
+        "small", description="small: 3 convs + GroupNorm (CPU); resnet18: ResNet-18 with GroupNorm (Diffusion "
+        "Policy's); both end in spatial-softmax keypoints and a linear layer")
+    share: bool = Field(False, description="one encoder for all cameras (else one per camera)")
+    features: int = Field(64, ge=1, description="features per camera and observation step")
+    keypoints: int = Field(32, ge=1, description="spatial-softmax keypoints")
+    crop: list[int] | None = Field(
+        None, min_length=2, max_length=2, description="[h, w] crop window: random in training, centred at "
+        "inference; None = 90 % of each side")
+
+
 class ModelConfig(_Strict):
     kind: Literal["vpsde", "gvp", "icfm"] = "gvp"
     hidden: list[int] = Field(default_factory=lambda: [512, 256, 128])
@@ -51,6 +69,7 @@ class ModelConfig(_Strict):
     cond_hidden: int = 32
     t_cond_hidden: int = 128
     vpsde_target: Literal["noise", "velocity"] = "noise"
+    vision: VisionConfig = Field(default_factory=VisionConfig)
 
 
 class CriticConfig(_Strict):
@@ -72,32 +91,6 @@ class CriticConfig(_Strict):
         "architecture (checked). Lets BC/GMPO/GMPG or a beta sweep share one critic, as GenerativeRL's stage reuse")
     amp: bool = Field(False, description="bf16 autocast of the critic networks (losses and weights stay fp32); "
                                          "~3x faster on an AVX512-BF16 CPU")
-
-
-class PolicyConfig(_Strict):
-    algo: Literal["bc", "gmpo", "gmpg"] = "gmpo"
-    steps: int = Field(2000, ge=0)
-    batch_size: int = Field(4096, ge=1)
-    lr: float = 1e-4
-    adv_norm: Literal["std", "none"] = Field(
-        "std", description="std: the advantage (GMPO) / Q (GMPG) enters in units of the advantage's spread over the "
-        "training data, measured once from the frozen critic, so beta means the same on every dataset; none: raw "
-        "Q - V as the reference (beta then depends on the reward scale)")
-    beta: float | None = Field(
-        None, description="GMPO temperature / GMPG Q weight; None = the algorithm's default (gmpo 10, gmpg 0.5 "
-        "with adv_norm=std; required with adv_norm=none)")
-    clamp: float = Field(100.0, gt=0.0, description="GMPO weight clamp")
-    grad_clip: float | None = Field(None, description="max grad norm; None = no clipping (reference)")
-    ema_decay: float | None = Field(0.995, description="EMA of policy weights used for eval; None = off")
-    behaviour_steps: int = Field(2000, ge=0, description="GMPG: BC steps for the behaviour model mu")
-    behaviour_lr: float = 1e-4
-    sample_steps: int = Field(10, ge=1, description="GMPG: sampler steps through which gradients flow")
-    solver: Literal["euler", "heun", "midpoint"] = "euler"
-    exact_trace: bool | None = Field(
-        None, description="GMPG: exact log-density of the discrete sampler vs Hutchinson; None = exact for D <= 8")
-    kl_batch: int | None = Field(
-        None, ge=1, description="GMPG: estimate the KL term on this many rows of each batch (None = all, as the "
-        "reference); unbiased, cheaper, noisier")
 
 
 class EvalConfig(_Strict):
@@ -131,7 +124,8 @@ class TrainConfig(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     critic: CriticConfig = Field(default_factory=CriticConfig)
-    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    policy: PolicyConfig = Field(  # one section per algorithm (genctl.algos), chosen by policy.algo
+        default_factory=lambda: spec_for(DEFAULT_ALGO).config())
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
     @property
@@ -139,15 +133,19 @@ class TrainConfig(_Strict):
         """A critic is trained here (critic.steps > 0) or taken from another run (critic.from_run)."""
         return self.critic.steps > 0 or bool(self.critic.from_run)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_algo(cls, data: Any) -> Any:
+        """A policy section without ``algo`` is the default algorithm's (so ``policy.beta=3`` alone works)."""
+        if isinstance(data, dict) and isinstance(data.get("policy"), dict) and "algo" not in data["policy"]:
+            data = {**data, "policy": {"algo": DEFAULT_ALGO, **data["policy"]}}
+        return data
+
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
-        if self.policy.algo in ("gmpo", "gmpg") and not self.has_critic:
+        if spec_for(self.policy).needs_critic and not self.has_critic:
             raise ValueError(f"policy.algo={self.policy.algo} needs a critic: critic.steps must be > 0 "
                              "(or critic.from_run=RUN)")
-        p = self.policy
-        if p.algo in ("gmpo", "gmpg") and p.adv_norm == "none" and p.beta is None:
-            raise ValueError("policy.adv_norm=none uses raw advantages, whose scale follows the rewards: set "
-                             "policy.beta explicitly (docs/results.md lists the values tuned per dataset)")
         if self.eval.select == "q" and not self.has_critic:
             raise ValueError("eval.select=q ranks candidates by Q: it needs a critic (critic.steps > 0 "
                              "or critic.from_run=RUN)")
@@ -158,18 +156,18 @@ class TrainConfig(_Strict):
         return self
 
 
-# With adv_norm=std the advantage is in units of its spread over the data. GMPO's 10 is the reference's tuned
-# hopper-medium-replay beta (6 at its 1000/return-span reward scale, where A has std ~1.8) in those units, and
-# was the best of 3/10/30 on our hopper_v5_medium_replay (seed 0, docs/results.md §3): weights reach the clamp
-# 100 at A ~ +0.46 std, so GMPO regresses mostly on the better actions of each state.
-DEFAULT_BETA = {"std": {"gmpo": 10.0, "gmpg": 0.5}}
+def migrate_saved(data: dict[str, Any]) -> dict[str, Any]:
+    """A saved TrainConfig dict (a run's config.yaml, a checkpoint's meta["config"]) made loadable by this
+    version: older versions wrote one flat policy section with every algorithm's fields; the fields the run's
+    algorithm does not have are dropped (they did nothing). Only for saved configs, never for user input."""
+    if isinstance(data.get("policy"), dict):
+        data = {**data, "policy": migrate_policy_section(data["policy"])}
+    return data
 
 
-def resolved_beta(policy: PolicyConfig) -> float:
-    """policy.beta, or the algorithm's default for normalised advantages."""
-    if policy.beta is not None:
-        return float(policy.beta)
-    return DEFAULT_BETA.get(policy.adv_norm, {}).get(policy.algo, 1.0)
+def load_saved_config(path: str | Path) -> TrainConfig:
+    """A run folder's config.yaml as a TrainConfig (migrated from older versions' layout)."""
+    return build_config(TrainConfig, base=migrate_saved(load_yaml(path)), source=str(path))
 
 
 def parse_value(text: str) -> Any:
@@ -195,28 +193,60 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def _sibling_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    """Field names of the section that holds ``loc`` (for did-you-mean), [] if the path leaves the models."""
+def _union_members(tp: Any, info: Any) -> dict[str, type[BaseModel]]:
+    """tag -> model of a discriminated union field (``info`` its FieldInfo), {} for any other type."""
+    key = getattr(info, "discriminator", None)
+    if not isinstance(key, str):
+        return {}
+    members = [m for m in typing.get_args(tp) if isinstance(m, type) and issubclass(m, BaseModel)]
+    return {typing.get_args(m.model_fields[key].annotation)[0]: m for m in members}
+
+
+def _walk(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[list[str], list[str], dict[str, Any]]:
+    """For an error at ``loc``: the dotted path to show (union tags left out), the field names of the section
+    holding its last part (for did-you-mean; [] once the path leaves the models) and, inside a discriminated
+    union, {"key": discriminator, "tag": the chosen tag, "members": tag -> model}."""
     node: Any = model
-    for part in loc[:-1]:
+    info: Any = None
+    shown: list[str] = []
+    union: dict[str, Any] = {}
+    for i, part in enumerate(loc):
+        members = _union_members(node, info)
+        if members and part in members:
+            union = {"key": info.discriminator, "tag": part, "members": members}
+            node = members[part]
+            continue
+        shown.append(str(part))
         fields = getattr(node, "model_fields", None)
+        if i == len(loc) - 1:
+            return shown, list(fields or {}), union
         if not fields or part not in fields:
-            return []
-        node = fields[part].annotation
-    return list(getattr(node, "model_fields", {}) or {})
+            return shown + [str(p) for p in loc[i + 1:]], [], union
+        info = fields[part]
+        node = info.annotation
+    return shown, [], union
 
 
 def _format_validation(err: ValidationError, source: str, model: type[BaseModel] | None = None) -> str:
     lines = [f"invalid configuration ({source}):"]
     for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"]) or "<root>"
+        shown, siblings, union = _walk(model, tuple(e["loc"])) if model is not None else (
+            [str(x) for x in e["loc"]], [], {})
         msg = e["msg"]
+        if e["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            shown.append(str(e.get("ctx", {}).get("discriminator", "")).strip("'"))
+        section = ".".join(shown[:-1])
         if e["type"] == "extra_forbidden":
             msg = "unknown field"
-            close = difflib.get_close_matches(str(e["loc"][-1]), _sibling_fields(model, e["loc"]), n=1) \
-                if model is not None else []
+            close = difflib.get_close_matches(shown[-1], siblings, n=1)
             if close:
-                msg += f"; did you mean {'.'.join([*map(str, e['loc'][:-1]), close[0]])}?"
+                msg += f"; did you mean {'.'.join([*shown[:-1], close[0]])}?"
+            elif union:  # e.g. policy.beta with policy.algo=bc: say which algorithms have it
+                msg += f" for {section}.{union['key']}={union['tag']}"
+                owners = [t for t, m in union["members"].items() if shown[-1] in m.model_fields]
+                if owners:
+                    msg += f" (a field of {section}.{union['key']}={'|'.join(owners)})"
+        loc = ".".join(shown) or "<root>"
         got = e.get("input")
         got_s = "" if isinstance(got, dict) else f" (got {got!r})"
         lines.append(f"  {loc}: {msg}{got_s}")
@@ -237,9 +267,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def build_config(model: type[BaseModel], *, base: dict[str, Any] | None = None, file: str | Path | None = None,
-                 overrides: list[str] | None = None) -> Any:
+                 overrides: list[str] | None = None, source: str = "defaults") -> Any:
     data: dict[str, Any] = dict(base or {})
-    source = "defaults"
     if file is not None:
         data = _deep_merge(data, load_yaml(file))
         source = str(file)

@@ -6,7 +6,7 @@ Time convention: t = 0 is noise, t = 1 is data (see ``paths``). No file I/O, no 
 from __future__ import annotations
 
 from .algorithms import BC, GMPG, GMPO, Algorithm, gmpo_weights, make_algorithm
-from .critic import IQLCritic, expectile_loss
+from .critic import ChunkCritic, IQLCritic, expectile_loss
 from .ema import EMA
 from .generative import GenerativeModel, make_generative_model
 from .nets import ResidualMLPBackbone, count_parameters
@@ -14,7 +14,7 @@ from .paths import GVPPath, ICFMPath, ProbabilityPath, VPSDEPath
 from .solvers import SOLVERS
 
 __all__ = [
-    "BC", "EMA", "GMPG", "GMPO", "SOLVERS", "Algorithm", "GVPPath", "GenerativeModel", "ICFMPath", "IQLCritic",
+    "BC", "EMA", "ChunkCritic", "GMPG", "GMPO", "SOLVERS", "Algorithm", "GVPPath", "GenerativeModel", "ICFMPath", "IQLCritic",
     "ProbabilityPath", "ResidualMLPBackbone", "VPSDEPath", "count_parameters", "expectile_loss", "gmpo_weights",
     "make_algorithm", "make_generative_model",
 ]

@@ -33,31 +33,47 @@ class IQLCritic(nn.Module):
 
     def __init__(self, obs_dim: int, action_dim: int, *, hidden: Sequence[int] = (256, 256),
                  expectile: float = 0.7, gamma: float = 0.99, tau: float = 0.005, lr: float = 3e-4,
-                 amp: bool = False):
+                 amp: bool = False, obs_encoder: dict[str, Any] | None = None):
         super().__init__()
         self.amp = bool(amp)
         if not 0.0 < expectile < 1.0:
             raise ValueError(f"expectile must lie in (0, 1), got {expectile}")
         self.obs_dim, self.action_dim = obs_dim, action_dim
         self.expectile, self.gamma, self.tau = float(expectile), float(gamma), float(tau)
-        self.q_net = EnsembleMLP(action_dim + obs_dim, hidden, 1, ensemble=2)
-        self.q_target = EnsembleMLP(action_dim + obs_dim, hidden, 1, ensemble=2)
+        # Observations with cameras: the critic's own image encoder (not the policy's). Q's TD loss trains it; V and
+        # the target Q read its features detached (no target encoder). Own, because the policy stage keeps
+        # training the policy's encoder while GMPO/GMPG need Q frozen: a shared one would move Q under them.
+        self.encoder: nn.Module | None = None
+        feat_dim = obs_dim
+        if obs_encoder is not None:
+            from .obs_encoder import FlatObsEncoder
+
+            self.encoder = FlatObsEncoder(**obs_encoder)
+            feat_dim = self.encoder.out_dim
+        self.q_net = EnsembleMLP(action_dim + feat_dim, hidden, 1, ensemble=2)
+        self.q_target = EnsembleMLP(action_dim + feat_dim, hidden, 1, ensemble=2)
         self.q_target.load_state_dict(self.q_net.state_dict())
         self.q_target.requires_grad_(False)
-        self.v_net = mlp(obs_dim, hidden, 1)
-        self._opts = {"q": make_adam(self.q_net.parameters(), lr), "v": make_adam(self.v_net.parameters(), lr)}
+        self.v_net = mlp(feat_dim, hidden, 1)
+        q_params = list(self.q_net.parameters()) + (list(self.encoder.parameters()) if self.encoder else [])
+        self._opts = {"q": make_adam(q_params, lr), "v": make_adam(self.v_net.parameters(), lr)}
 
-    def q_both(self, obs: Tensor, act: Tensor, *, target: bool = False) -> Tensor:
+    def features(self, obs: Tensor, train: bool = False) -> Tensor:
+        """What the heads see: ``obs`` itself, or [low-dim, image features] (centre crops unless ``train``)."""
+        return obs if self.encoder is None else self.encoder(obs, train)
+
+    def q_both(self, obs: Tensor, act: Tensor, *, target: bool = False, feats: Tensor | None = None) -> Tensor:
         """Both online (or target) Q values, (2, B)."""
         net = self.q_target if target else self.q_net
-        return net(torch.cat([act, obs], dim=-1)).squeeze(-1).float()
+        f = self.features(obs) if feats is None else feats
+        return net(torch.cat([act, f.to(act.dtype)], dim=-1)).squeeze(-1).float()
 
     def q(self, obs: Tensor, act: Tensor) -> Tensor:
         """min of the twin *online* Q networks (what GMPO's weights and GMPG's objective use), (B,)."""
         return self.q_both(obs, act).amin(0)
 
-    def v(self, obs: Tensor) -> Tensor:
-        return self.v_net(obs).squeeze(-1).float()
+    def v(self, obs: Tensor, feats: Tensor | None = None) -> Tensor:
+        return self.v_net(self.features(obs) if feats is None else feats).squeeze(-1).float()
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return dict(self._opts)
@@ -66,11 +82,13 @@ class IQLCritic(nn.Module):
         """One IQL step; metrics as floats, or (``sync=False``) as detached 0-dim tensors with no host sync."""
         obs, act, next_obs = batch["obs"], batch["action"], batch["next_obs"]
         reward, terminal = batch["reward"].reshape(-1), batch["terminal"].reshape(-1).to(obs.dtype)
+        feats = None if self.encoder is None else self.features(obs, train=True)  # random crops: augmentation
+        fixed = None if feats is None else feats.detach()
         with torch.no_grad(), bf16_autocast(obs.device.type, self.amp):
-            q_t = self.q_both(obs, act, target=True).amin(0)
-            next_v = self.v(next_obs)
+            q_t = self.q_both(obs, act, target=True, feats=fixed).amin(0)
+            next_v = self.v(next_obs, None if feats is None else self.features(next_obs, train=True))
         with bf16_autocast(obs.device.type, self.amp):
-            v = self.v(obs)
+            v = self.v(obs, fixed)
         v_loss = expectile_loss(q_t - v, self.expectile)
         self._opts["v"].zero_grad(set_to_none=True)
         v_loss.backward()
@@ -78,7 +96,7 @@ class IQLCritic(nn.Module):
 
         y = reward + self.gamma * (1.0 - terminal) * next_v
         with bf16_autocast(obs.device.type, self.amp):
-            q = self.q_both(obs, act)
+            q = self.q_both(obs, act, feats=feats)
         q_loss = 0.5 * (q - y).square().mean(1).sum()  # 1/2 (MSE(Q1, y) + MSE(Q2, y))
         self._opts["q"].zero_grad(set_to_none=True)
         q_loss.backward()
@@ -91,3 +109,26 @@ class IQLCritic(nn.Module):
     def polyak(self) -> None:
         """target <- (1 - tau) target + tau online, one fused foreach op."""
         torch._foreach_lerp_(list(self.q_target.parameters()), list(self.q_net.parameters()), self.tau)
+
+
+class ChunkCritic(nn.Module):
+    """A single-step ``IQLCritic`` read on observation-history / action-chunk windows (``genctl.datasets.windows``):
+    ``q(cond, chunk)`` = Q(current obs, first action of the chunk), ``v(cond)`` = V(current obs).
+
+    GMPO weights a window by the advantage of its *first* action, the one executed at the window's state (an
+    n-step chunk value would need a critic on chunks, which IQL does not learn); GMPG maximises Q of the first
+    action of the sampled chunk, while its KL term to the behaviour model covers the whole chunk. Gradients flow
+    through to ``chunk`` (GMPG); parameters are the wrapped critic's (so freezing this freezes it)."""
+
+    def __init__(self, critic: nn.Module, obs_dim: int, action_dim: int):
+        super().__init__()
+        self.critic, self.obs_dim, self.action_dim = critic, int(obs_dim), int(action_dim)
+
+    def current(self, cond: Tensor) -> Tensor:
+        return cond[..., -self.obs_dim:]
+
+    def q(self, cond: Tensor, chunk: Tensor) -> Tensor:
+        return self.critic.q(self.current(cond), chunk[..., : self.action_dim])
+
+    def v(self, cond: Tensor) -> Tensor:
+        return self.critic.v(self.current(cond))

@@ -10,39 +10,27 @@ network gives v = (a'/a) x + (b' - a' b / a) eps_hat, which is the exact PF-ODE 
   (converging to the ODE density as steps grow; for ``sample_with_log_prob`` it is the exact density of
   the sampler as run);
 * Hutchinson: log p = log N(x(0)) - integral of div v dt with Rademacher probes fixed along the trajectory.
-With the residual backbone the tangents are forward-mode JVPs computed beside the primal in the same pass
-(see ``nets``); any other backbone falls back to autograd VJPs.
+With a backbone that has the sampler fast path (``nets.SamplerBackbone``, e.g. the residual MLP) the tangents
+are forward-mode JVPs computed beside the primal in the same pass; any other backbone falls back to autograd VJPs.
+
+No-grad samples go through the model's ``solve_backend`` first (``fast_solve``: TorchScript trace, CUDA graph,
+compiled step), which runs this same fixed-grid solve faster and gives way to the eager solve when it cannot.
 """
 
 from __future__ import annotations
 
-import copy
-import itertools
-import json
 import math
-import threading
-import weakref
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .nets import InferenceStep, ResidualMLPBackbone
+from .fast_solve import SolveBackend
+from .nets import ResidualMLPBackbone, is_sampler_backbone
 from .paths import PATHS, ProbabilityPath
 from .solvers import Field, check_solver, half_step_times, integrate
 
 PREDICTIONS = ("velocity", "noise")
-
-# torch.jit.trace registers every traced graph in TorchScript's process-wide compilation unit, which is never
-# freed (~1 MB per unrolled solver step, e.g. ~36 MB for a 32-step solve). Traces are therefore shared by every
-# model of one architecture (see _SharedTrace), so a long-lived process that builds many models (evaluation
-# during training, soak runs, notebooks) traces each (architecture, steps, solver) once; as a last bound, no new
-# trace is made once this many solver steps have been traced (later solves run eagerly: same results, slower).
-MAX_TRACED_STEPS_PER_PROCESS = 256
-_traced_steps = 0
-_shared_traces: dict[tuple, _SharedTrace] = {}
-_trace_tokens = itertools.count(1)
-_backbone_tokens: weakref.WeakKeyDictionary[nn.Module, int] = weakref.WeakKeyDictionary()  # never copied
 
 
 class _Grid:
@@ -56,8 +44,8 @@ class _Grid:
         if model.prediction == "noise":
             a_, b_ = model.path.noise_to_velocity_coeffs(ts64)
             self.A, self.B = a_.tolist(), b_.tolist()
-        embed = getattr(model.backbone, "time_embed", None)
-        self.temb = embed(self.ts) if embed is not None else None
+        bb = model.backbone
+        self.temb = bb.time_embed(self.ts) if is_sampler_backbone(bb) else None
 
 
 class GenerativeModel(nn.Module):
@@ -74,24 +62,55 @@ class GenerativeModel(nn.Module):
         self.action_dim, self.cond_dim = int(action_dim), int(cond_dim)
         self._build_config = dict(build_config or {})
         self._grids: dict[tuple, tuple[int, _Grid]] = {}
-        self._graphs: dict[tuple, _GraphedSolve] = {}
-        self.trace_sampler = True  # no-grad CPU solves run as TorchScript traces (see _traced_solve)
-        self.graph_sampler = True  # no-grad CUDA solves replay a captured CUDA graph (see _graphed_solve)
-        self.compile_sampler = False  # ... of a torch.compile'd network step (fewer kernels, seconds to build)
+        self.obs_encoder: nn.Module | None = None  # cameras: flat observation -> features, once per call (encode)
+        self.solve_backend = SolveBackend()  # no-grad solves: traced (CPU), CUDA graph (GPU); see fast_solve
 
     def __getstate__(self) -> dict[str, Any]:
-        # caches are per-object (the trace references *this* backbone's tensors): never copy or pickle them
+        # caches are per-object (a graph references *this* backbone's tensors): never copy or pickle them
         state = dict(super().__getstate__())
-        state["_grids"], state["_graphs"] = {}, {}
+        state["_grids"], state["solve_backend"] = {}, self.solve_backend.fresh()
         return state
+
+    # switches of the fast no-grad solves (each falls back to the eager solve, same numbers, when unavailable)
+    @property
+    def trace_sampler(self) -> bool:
+        """No-grad solves run as TorchScript traces (CPU, and GPU when no graph is captured)."""
+        return self.solve_backend.trace
+
+    @trace_sampler.setter
+    def trace_sampler(self, on: bool) -> None:
+        self.solve_backend.trace = bool(on)
+
+    @property
+    def graph_sampler(self) -> bool:
+        """No-grad CUDA solves replay a captured CUDA graph."""
+        return self.solve_backend.graph
+
+    @graph_sampler.setter
+    def graph_sampler(self, on: bool) -> None:
+        self.solve_backend.graph = bool(on)
+
+    @property
+    def compile_sampler(self) -> bool:
+        """... the graph of a torch.compile'd network step (fewer kernels, seconds to build)."""
+        return self.solve_backend.compile
+
+    @compile_sampler.setter
+    def compile_sampler(self, on: bool) -> None:
+        self.solve_backend.compile = bool(on)
 
     def config(self) -> dict[str, Any]:
         """Keyword arguments of ``make_generative_model`` that rebuild this model (JSON-serialisable)."""
         return dict(self._build_config)
 
+    def encode(self, cond: Tensor | None) -> Tensor | None:
+        """The backbone's conditioning: ``cond`` itself, or its image features with an ``obs_encoder``."""
+        return cond if self.obs_encoder is None or cond is None else self.obs_encoder(cond)
+
     # -- training ------------------------------------------------------------------------------------------
     def loss(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
         """Per-sample matching loss (B,): 1/2 ||net - target||^2 summed over action dims, t ~ U(0, t_max)."""
+        cond = self.encode(cond)
         t = torch.rand(x.shape[0], device=x.device, dtype=x.dtype) * self.path.train_t_max
         eps = torch.randn_like(x)
         xt, v_target = self.path.training_pair(x, t, eps)
@@ -101,7 +120,7 @@ class GenerativeModel(nn.Module):
 
     def velocity(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
         """PF-ODE velocity at per-row times t (B,) (a convenience/reference path, not the sampler's)."""
-        out = self.backbone(x, t, cond)
+        out = self.backbone(x, t, self.encode(cond))
         if self.prediction == "velocity":
             return out
         a_, b_ = self.path.noise_to_velocity_coeffs(t)
@@ -109,8 +128,9 @@ class GenerativeModel(nn.Module):
 
     # -- shared ODE machinery ------------------------------------------------------------------------------
     def _grid(self, steps: int, ref: Tensor) -> _Grid:
-        freqs = getattr(getattr(self.backbone, "time_embed", None), "freqs", None)
-        version = freqs._version if freqs is not None else 0  # load_state_dict bumps it: cache invalidated
+        bb = self.backbone
+        # load_state_dict bumps the time embedding's buffer versions: the cached grid is then rebuilt
+        version = sum(b._version for b in bb.time_embed.buffers()) if is_sampler_backbone(bb) else 0
         key = (int(steps), ref.device, ref.dtype)
         hit = self._grids.get(key)
         if hit is not None and hit[0] == version:
@@ -128,7 +148,7 @@ class GenerativeModel(nn.Module):
         noise = self.prediction == "noise"
         A, B = grid.A, grid.B
         bb = self.backbone
-        if hasattr(bb, "prepare"):
+        if is_sampler_backbone(bb):
             ctx = bb.prepare(grid.temb, cond)
 
             def fast(x: Tensor, tang: Tensor | None, j: int) -> tuple[Tensor, Tensor | None]:
@@ -238,11 +258,12 @@ class GenerativeModel(nn.Module):
         solve runs under ``torch.inference_mode`` and returns an ordinary tensor.
         """
         check_solver(solver, steps)
-        cond_r, rows, shape = self._rows(cond, n)
         ref = self._ref()
         if with_grad:
+            cond_r, rows, shape = self._rows(self.encode(cond), n)
             return self._solve(cond_r, rows, ref, solver, steps, generator, noise, inplace=False).view(shape)
         with torch.inference_mode():
+            cond_r, rows, shape = self._rows(self.encode(cond), n)  # encoded once, before the n copies
             x = self._solve(cond_r, rows, ref, solver, steps, generator, noise, inplace=True)
         return x.view(shape).clone()
 
@@ -250,10 +271,8 @@ class GenerativeModel(nn.Module):
                generator: torch.Generator | None, noise: Tensor | None, inplace: bool) -> Tensor:
         grid = self._grid(steps, ref)
         x = self._initial(rows, ref, noise, generator)
-        if inplace:  # no grad: replay a CUDA graph (GPU) or run the traced solve (CPU)
-            out = self._graphed_solve(cond, grid, x, solver, steps) if x.is_cuda else None
-            if out is None:
-                out = self._traced_solve(cond, grid, x, solver, steps)
+        if inplace:  # no grad: a replayed CUDA graph (GPU) or the traced solve (CPU), when available
+            out = self.solve_backend.solve(self, cond, grid, x, solver, steps)
             if out is not None:
                 return out
         return self._eager_solve(cond, grid, x, solver, steps, inplace)
@@ -262,69 +281,6 @@ class GenerativeModel(nn.Module):
                      inplace: bool = True) -> Tensor:
         return integrate(self._field(cond, grid), x, steps=steps, t0=0.0, t1=self.path.t_end, solver=solver,
                          inplace=inplace)[0]
-
-    def _graphed_solve(self, cond: Tensor | None, grid: _Grid, x: Tensor, solver: str, steps: int
-                       ) -> Tensor | None:
-        """Replay the whole no-grad solve as one captured CUDA graph (None: not available, use the other paths).
-
-        On a GPU the eager solve is launch-bound at small batches (a few hundred kernels of microseconds
-        each); a replay issues them all at once with no Python and no host work per step. One graph per
-        (rows, cond width, steps, solver, dtype), captured on first use; the inputs are copied into the graph's
-        static buffers, the output is a static buffer the caller copies. The graph reads the parameters by
-        address, so in-place updates (optimiser, EMA, load_state_dict) are seen; new storage (``.to``) recaptures."""
-        if not self.graph_sampler:
-            return None
-        w = self._ref()
-        key = (x.shape[0], None if cond is None else cond.shape[-1], steps, solver, x.dtype, x.device,
-               w.data_ptr(), self.compile_sampler)
-        g = self._graphs.get(key)
-        if g is None:
-            try:
-                with torch.inference_mode(False), torch.no_grad():
-                    g = _GraphedSolve(self, cond, grid, x, solver, steps)
-            except Exception:  # capture is an optimisation only: fall back for good
-                self.graph_sampler = False
-                return None
-            if len(self._graphs) >= 8:
-                self._graphs.pop(next(iter(self._graphs)))
-            self._graphs[key] = g
-        return g(x, cond)
-
-    def _traced_solve(self, cond: Tensor | None, grid: _Grid, x: Tensor, solver: str, steps: int
-                      ) -> Tensor | None:
-        """Run a whole no-grad solve as one TorchScript trace (None: not available, use eager).
-
-        At batch 1 a step is ~50 tiny ops whose eager dispatch (~3-5 us each) is the whole cost; the trace
-        unrolls the loop (grid indices and velocity coefficients become constants) and runs it from C++,
-        ~3-4x faster. One trace serves every model of the same architecture (``_SharedTrace``); in-place
-        weight updates (optimiser, EMA, load_state_dict) are picked up before the next solve."""
-        bb = self.backbone
-        if not (self.trace_sampler and isinstance(bb, ResidualMLPBackbone)):
-            return None
-        ttab, sproj = self._step_inputs(grid, cond, x.shape[0])
-        w = bb.out.weight
-        key = (type(bb).__name__, tuple(tuple(p.shape) for p in bb.parameters()), self.prediction,
-               json.dumps(self.path.config(), sort_keys=True), steps, solver, w.device, w.dtype)
-        shared = _shared_traces.get(key)
-        if shared is None:
-            global _traced_steps
-            if _traced_steps + steps > MAX_TRACED_STEPS_PER_PROCESS:
-                self.trace_sampler = False
-                return None
-            _traced_steps += steps
-            try:
-                with torch.inference_mode(False), torch.no_grad():
-                    shared = _SharedTrace(self, grid, solver, steps, x.clone(), ttab.clone(), sproj.clone())
-            except Exception:  # tracing is an optimisation only
-                self.trace_sampler = False
-                return None
-            _shared_traces[key] = shared
-        return shared(bb, x, ttab, sproj)
-
-    def _step_inputs(self, grid: _Grid, cond: Tensor | None, rows: int) -> tuple[Tensor, Tensor]:
-        """(time table (T, H), state projection (rows, H)): what ``_TracedSolve`` takes besides x."""
-        ttab, sproj = self.backbone.prepare(grid.temb, cond)
-        return ttab, (sproj.expand(rows, -1) if sproj.dim() == 1 else sproj)
 
     def _density_solve(self, start: Tensor, cond: Tensor | None, grid: _Grid, solver: str, steps: int,
                        exact: bool, n_probes: int, generator: torch.Generator | None, reverse: bool,
@@ -356,7 +312,7 @@ class GenerativeModel(nn.Module):
         Gradients flow into the parameters.
         """
         check_solver(solver, steps)
-        cond_r, rows, _ = self._rows(cond, n)
+        cond_r, rows, _ = self._rows(self.encode(cond), n)
         ref = self._ref()
         z = self._initial(rows, ref, noise, generator)
         return self._density_solve(z, cond_r, self._grid(steps, ref), solver, steps, exact_trace, n_probes,
@@ -377,104 +333,18 @@ class GenerativeModel(nn.Module):
         grid = self._grid(steps, ref)
         with torch.set_grad_enabled(with_grad and torch.is_grad_enabled()):
             x = x.to(ref.dtype)
-            return self._density_solve(x, cond, grid, solver, steps, exact_trace, n_probes, generator,
+            return self._density_solve(x, self.encode(cond), grid, solver, steps, exact_trace, n_probes, generator,
                                        reverse=True, checkpoint=checkpoint)[1]
-
-
-class _GraphedSolve:
-    """A captured CUDA graph of ``GenerativeModel._eager_solve`` with static input and output buffers."""
-
-    def __init__(self, model: GenerativeModel, cond: Tensor | None, grid: _Grid, x: Tensor, solver: str,
-                 steps: int):
-        self.x_in = x.clone()
-        self.cond_in = None if cond is None else cond.clone()
-        bb = model.backbone
-        if model.compile_sampler and isinstance(bb, ResidualMLPBackbone):
-            fixed = _TracedSolve(model, grid, solver, steps)
-            fixed.step = torch.compile(fixed.step, dynamic=False)  # one compiled network step for every grid time
-
-            def solve() -> Tensor:
-                return fixed(self.x_in.clone(), *model._step_inputs(grid, self.cond_in, x.shape[0]))
-        else:
-            def solve() -> Tensor:
-                return model._eager_solve(self.cond_in, grid, self.x_in.clone(), solver, steps)
-
-        side = torch.cuda.Stream(device=x.device)  # warm-up off the default stream, as capture requires
-        side.wait_stream(torch.cuda.current_stream(x.device))
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                solve()
-        torch.cuda.current_stream(x.device).wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.out = solve()
-
-    def __call__(self, x: Tensor, cond: Tensor | None) -> Tensor:
-        self.x_in.copy_(x)
-        if self.cond_in is not None and cond is not None:
-            self.cond_in.copy_(cond)
-        self.graph.replay()
-        return self.out
-
-
-class _SharedTrace:
-    """One traced no-grad solve per (architecture, path, steps, solver, dtype, device) in the process.
-
-    The trace runs on its own copy of the weights. Before each solve the calling backbone is compared with the
-    one whose weights the copy holds (a per-object token, never reused nor copied, and the parameters' version
-    counters, which every in-place write through the parameter bumps: optimiser steps, EMA, load_state_dict; a
-    write through ``p.data`` is not seen); if it differs, its weights are copied in (one fused copy, ~6.5 MB for
-    the reference net). A deployed policy or an eval loop therefore copies once and then only runs the trace."""
-
-    def __init__(self, model: GenerativeModel, grid: _Grid, solver: str, steps: int, x: Tensor, ttab: Tensor,
-                 sproj: Tensor):
-        self.backbone = copy.deepcopy(model.backbone).requires_grad_(False)
-        self.params = list(self.backbone.parameters())
-        self.fn = torch.jit.trace(_TracedSolve(model, grid, solver, steps, backbone=self.backbone),
-                                  (x, ttab, sproj), check_trace=False)
-        self.stamp: tuple | None = None
-        self.lock = threading.Lock()  # two threads sampling two models must not swap weights mid-solve
-
-    def __call__(self, bb: nn.Module, x: Tensor, ttab: Tensor, sproj: Tensor) -> Tensor:
-        src = list(bb.parameters())
-        with self.lock:
-            token = _backbone_tokens.get(bb)
-            if token is None:
-                token = _backbone_tokens[bb] = next(_trace_tokens)
-            stamp = (token, tuple(p._version for p in src))
-            if stamp != self.stamp:
-                with torch.inference_mode(False), torch.no_grad():
-                    torch._foreach_copy_(self.params, [p.detach() for p in src])
-                self.stamp = stamp
-            return self.fn(x, ttab, sproj)
-
-
-class _TracedSolve(nn.Module):
-    """A no-grad fixed-grid solve, written for ``torch.jit.trace`` (the loop is unrolled into the graph); on a GPU
-    it also runs inside a CUDA graph with its network step compiled (``compile_sampler``)."""
-
-    def __init__(self, model: GenerativeModel, grid: _Grid, solver: str, steps: int,
-                 backbone: ResidualMLPBackbone | None = None):
-        super().__init__()
-        self.step = InferenceStep(backbone if backbone is not None else model.backbone)
-        self.noise = model.prediction == "noise"
-        self.A, self.B, self.t_end = grid.A, grid.B, model.path.t_end
-        self.solver, self.steps = solver, steps
-
-    def forward(self, x: Tensor, ttab: Tensor, sproj: Tensor) -> Tensor:
-        def field(x_: Tensor, _tang: Tensor | None, j: int) -> tuple[Tensor, None]:
-            out = self.step(x_, ttab[j], sproj)
-            return (self.A[j] * x_ + self.B[j] * out if self.noise else out), None
-
-        return integrate(field, x, steps=self.steps, t0=0.0, t1=self.t_end, solver=self.solver)[0]
 
 
 def make_generative_model(kind: str, action_dim: int, cond_dim: int, *, hidden: list[int] | tuple[int, ...] = (
         512, 256, 128), t_dim: int = 32, cond_hidden: int = 32, t_cond_hidden: int = 128,
         fourier_scale: float = 30.0, vpsde_target: str = "noise", beta_min: float = 0.1,
-        beta_max: float = 20.0, sigma: float = 0.1) -> GenerativeModel:
+        beta_max: float = 20.0, sigma: float = 0.1, obs_encoder: dict[str, Any] | None = None) -> GenerativeModel:
     """kind: vpsde (``vpsde_target`` noise = eps-prediction, the GMPO default; velocity = flow matching on the
-    VP path, the GMPG default), gvp (velocity) or icfm (velocity, ``sigma``). ``cond_dim=0``: unconditional."""
+    VP path, the GMPG default), gvp (velocity) or icfm (velocity, ``sigma``). ``cond_dim=0``: unconditional.
+    ``obs_encoder``: ``FlatObsEncoder`` arguments for observations with cameras (``cond_dim`` is then the flat
+    observation history's width; the backbone sees the encoder's features)."""
     if kind not in PATHS:
         raise ValueError(f"unknown generative model kind {kind!r}; expected one of {sorted(PATHS)}")
     path: ProbabilityPath
@@ -489,5 +359,15 @@ def make_generative_model(kind: str, action_dim: int, cond_dim: int, *, hidden: 
     else:
         path, prediction = PATHS[kind](), "velocity"
     cfg.update(path.config())
-    backbone = ResidualMLPBackbone(action_dim, cond_dim, hidden, t_dim, cond_hidden, t_cond_hidden, fourier_scale)
-    return GenerativeModel(path, backbone, prediction, action_dim=action_dim, cond_dim=cond_dim, build_config=cfg)
+    encoder, feat_dim = None, cond_dim
+    if obs_encoder is not None:
+        from .obs_encoder import FlatObsEncoder
+
+        encoder = FlatObsEncoder(**obs_encoder)
+        if encoder.in_dim != cond_dim:
+            raise ValueError(f"obs_encoder reads {encoder.in_dim} values per row, cond_dim is {cond_dim}")
+        feat_dim, cfg["obs_encoder"] = encoder.out_dim, encoder.config()
+    backbone = ResidualMLPBackbone(action_dim, feat_dim, hidden, t_dim, cond_hidden, t_cond_hidden, fourier_scale)
+    model = GenerativeModel(path, backbone, prediction, action_dim=action_dim, cond_dim=cond_dim, build_config=cfg)
+    model.obs_encoder = encoder
+    return model

@@ -20,11 +20,47 @@ is an ordinary autograd graph, so GMPG can back-propagate through the divergence
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Sequence
+from typing import Protocol, TypeGuard, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+
+@runtime_checkable
+class SamplerBackbone(Protocol):
+    """The sampler fast path of a backbone (``ResidualMLPBackbone`` has it). Any module with ``forward(x, t, cond)``
+    is a backbone; one that also has these members gets hand-written forward-mode tangents in place of autograd
+    VJPs for densities, and the traced / CUDA-graph / compiled solves of ``fast_solve``."""
+
+    time_embed: nn.Module  # t (T,) -> (T, t_dim); its buffers' versions invalidate the model's time-grid cache
+
+    def prepare(self, temb_table: Tensor, cond: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Per-solve context from the embedded time grid (T, t_dim) and the condition (B, S) or None."""
+        ...
+
+    def evaluate(self, x: Tensor, ctx: tuple[Tensor, Tensor], j: int,
+                 tangents: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """Output at grid index ``j`` and, with ``tangents`` (K, m, D), the JVPs of the first m rows."""
+        ...
+
+    def step(self, x: Tensor, trow: Tensor, sproj: Tensor) -> Tensor:
+        """No-grad output from one row of the time table and the state projection, traceable."""
+        ...
+
+
+_sampler_checks: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()
+
+
+def is_sampler_backbone(backbone: nn.Module) -> TypeGuard[SamplerBackbone]:
+    """``isinstance(backbone, SamplerBackbone)``, remembered per module (a protocol check costs ~10 us, a solve
+    at batch 1 a few hundred)."""
+    hit = _sampler_checks.get(backbone)
+    if hit is None:
+        hit = _sampler_checks[backbone] = isinstance(backbone, SamplerBackbone)
+    return hit
 
 
 class FourierTimeEmbedding(nn.Module):
@@ -172,17 +208,22 @@ class ResidualMLPBackbone(nn.Module):
             return self._trunk((x, None), conds)[0], None
         return self._trunk((x, tangents), conds)
 
+    def step(self, x: Tensor, trow: Tensor, sproj: Tensor) -> Tensor:
+        """No-grad output from a row of the projected time table and the state projection (what a traced
+        solve records per grid time)."""
+        return self._trunk((x, None), self._block_conds(sproj + trow))[0]
+
 
 class InferenceStep(nn.Module):
     """(x, time row, state projection) -> output: one no-grad sampler step's network work, written so that
     ``torch.jit.trace`` can record it (the generative model traces whole solves built from it)."""
 
-    def __init__(self, backbone: ResidualMLPBackbone):
+    def __init__(self, backbone: SamplerBackbone):
         super().__init__()
         self.backbone = backbone
 
     def forward(self, x: Tensor, trow: Tensor, sproj: Tensor) -> Tensor:
-        return self.backbone._trunk((x, None), self.backbone._block_conds(sproj + trow))[0]
+        return self.backbone.step(x, trow, sproj)
 
 
 class EnsembleMLP(nn.Module):

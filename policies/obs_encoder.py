@@ -61,7 +61,8 @@ class FlatObsEncoder(nn.Module):
             off += c.size
         return low, frames
 
-    def forward(self, cond: Tensor) -> Tensor:
+    def forward(self, cond: Tensor, train: bool | None = None) -> Tensor:
+        """``train``: random crops (default: ``self.training``), else centre crops."""
         low, frames = self.split(cond)
-        feats = self.images(frames)
+        feats = self.images(frames, train)
         return torch.cat([low.to(feats.dtype), feats], dim=-1)

@@ -136,9 +136,9 @@ def test_realtime_counts_deadline_misses(trained):
 def test_nonfinite_checker_reads_device_flags_only_when_asked() -> None:
     import torch
 
-    from genctl.apps.train import _NonFinite
+    from genctl.apps.train_monitor import NonFinite
 
-    nf = _NonFinite()
+    nf = NonFinite()
     nf.add({"loss": 1.0, "q": float("nan")})
     assert not nf.lazy and nf.check() == ["q"] and nf.check() == []
     nf.add({"loss": torch.tensor(1.0), "q": torch.tensor(2.0)})

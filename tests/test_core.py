@@ -42,6 +42,42 @@ def test_config_errors_name_the_field(override, needle):
     assert needle in str(e.value)
 
 
+def test_each_algorithm_owns_its_policy_fields():
+    with pytest.raises(ConfigError) as e:
+        build_config(TrainConfig, overrides=["policy.algo=bc", "policy.beta=3"])
+    assert "policy.beta: unknown field for policy.algo=bc (a field of policy.algo=gmpo|gmpg)" in str(e.value)
+    with pytest.raises(ConfigError, match="policy.kl_batch: unknown field for policy.algo=gmpo"):
+        build_config(TrainConfig, overrides=["policy.kl_batch=4"])  # gmpo is the default algorithm
+    with pytest.raises(ConfigError, match="did you mean policy.behaviour_steps"):
+        build_config(TrainConfig, overrides=["policy.algo=gmpg", "policy.behavior_steps=4"])
+    bc = build_config(TrainConfig, overrides=["policy.algo=bc", "critic.steps=0"]).policy
+    assert bc.resolved_beta() is None and not hasattr(bc, "adv_norm")
+    gmpg = build_config(TrainConfig, overrides=["policy.algo=gmpg", "policy.kl_batch=4"]).policy
+    assert (gmpg.resolved_beta(), gmpg.kl_batch) == (0.5, 4)
+
+
+FLAT_POLICY = {  # a policy section as genctl wrote it before the per-algorithm configs: every field, every algo
+    "steps": 20, "batch_size": 64, "lr": 3e-4, "adv_norm": "std", "beta": None, "clamp": 100.0, "grad_clip": None,
+    "ema_decay": 0.995, "behaviour_steps": 2000, "behaviour_lr": 1e-4, "sample_steps": 10, "solver": "euler",
+    "exact_trace": None, "kl_batch": None}
+
+
+@pytest.mark.parametrize("algo", ["bc", "gmpo", "gmpg"])
+def test_saved_flat_config_still_loads(tmp_path, algo):
+    from genctl.config import load_saved_config
+
+    old = TrainConfig().model_dump(mode="json")
+    old["policy"] = {"algo": algo, **FLAT_POLICY}
+    f = tmp_path / "config.yaml"
+    f.write_text(__import__("yaml").safe_dump(old))
+    with pytest.raises(ConfigError, match="unknown field"):  # as user input the flat section is refused ...
+        build_config(TrainConfig, file=f)
+    cfg = load_saved_config(f)  # ... a run folder's saved config is migrated
+    assert cfg.policy.algo == algo and cfg.policy.steps == 20 and cfg.policy.lr == 3e-4
+    assert set(cfg.policy.model_dump()) <= {"algo", *FLAT_POLICY}
+    assert load_saved_config(f) == build_config(TrainConfig, base=__import__("yaml").safe_load(dump_yaml(cfg)))
+
+
 def test_gmpo_needs_critic():
     with pytest.raises(ConfigError, match="critic.steps"):
         build_config(TrainConfig, overrides=["policy.algo=gmpo", "critic.steps=0"])

@@ -43,7 +43,7 @@ def test_graph_sampler_equals_eager_solve(kind: str, solver: str, rows: int) -> 
         fast, slow = _pair(model, cond, 12, solver, noise)
         torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
         cond = torch.randn(rows, 11, device=CUDA)
-    assert len(model._graphs) == 1 and model.graph_sampler, "the solve was not captured as a graph"
+    assert len(model.solve_backend.graphs) == 1 and model.graph_sampler, "the solve was not captured as a graph"
 
 
 @needs_cuda
@@ -147,7 +147,7 @@ def test_graph_of_compiled_step_equals_eager_solve() -> None:
     cond, noise = torch.randn(4, 11, device=CUDA), torch.randn(4, 3, device=CUDA)
     fast, slow = _pair(model, cond, 8, "heun", noise)
     torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-4)
-    assert model.graph_sampler and any(k[-1] for k in model._graphs), "no graph of the compiled step was made"
+    assert model.graph_sampler and any(k[-1] for k in model.solve_backend.graphs), "no graph of the compiled step was made"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")

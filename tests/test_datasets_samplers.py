@@ -74,6 +74,29 @@ def test_transition_batcher(store):
         TransitionBatcher(arrays, 8, rank=2, world_size=2)
 
 
+def test_transition_batcher_training_stream(store):
+    """The training data path: batch size per call, windows from the same stream, restart for a new world size."""
+    from genctl.datasets import Normalizer, SeqSpec, build_windows
+
+    arrays = load_transitions(store)
+    ident = Normalizer.fit(arrays["obs"], "identity"), Normalizer.fit(arrays["action"], "identity")
+    spec = SeqSpec(2, 3, 3)
+    win = build_windows(store, np.arange(store.n_episodes), *ident, spec)
+    b = TransitionBatcher(arrays, 8, seed=3, windows=win)
+    assert b.sample()["obs"].shape == (8, 5) and b.sample(5)["action"].shape == (5, 2)
+    w = b.sample(4, windows=True)
+    assert w["obs"].shape == (4, 2 * 5) and w["action"].shape == (4, 3 * 2)
+    assert torch.equal(b.column("obs"), torch.as_tensor(arrays["obs"]))
+    state = b.state_dict()
+    nxt = [b.sample(6)["obs"], b.sample(6, windows=True)["action"]]
+    b.load_state_dict(json.loads(json.dumps(state)))
+    assert torch.equal(b.sample(6)["obs"], nxt[0]) and torch.equal(b.sample(6, windows=True)["action"], nxt[1])
+    b.restart(offset=10)
+    again = TransitionBatcher(arrays, 8, seed=3)
+    again.restart(offset=10)
+    assert torch.equal(b.sample()["obs"], again.sample()["obs"])
+
+
 def _dp_reference(ends, horizon, pad_before, pad_after):
     """Diffusion Policy's create_indices + sample_sequence, written as the obvious loop."""
     windows, start = [], 0

@@ -202,14 +202,14 @@ def test_traced_sampler_matches_eager_and_follows_weight_updates() -> None:
 
 
 def test_models_of_one_architecture_share_one_trace_and_each_gets_its_own_weights() -> None:
-    from genctl.policies import generative
+    from genctl.policies import fast_solve
 
     models = [make_generative_model("gvp", 2, 3, hidden=[16, 8]) for _ in range(3)]
     models.append(copy.deepcopy(models[0]))  # as EMA copies the policy: must not be mistaken for the original
     with torch.no_grad():
         models[3].backbone.out.bias.add_(1.0)
     cond, z = torch.randn(4, 3), torch.randn(4, 2)
-    before = generative._traced_steps
+    before = fast_solve._traced_steps
     for _ in range(2):  # alternate between the models: the shared trace must switch weights every time
         for m in models:
             m.trace_sampler = False
@@ -218,5 +218,5 @@ def test_models_of_one_architecture_share_one_trace_and_each_gets_its_own_weight
             with torch.inference_mode():
                 traced = m.sample(cond, noise=z, steps=5)
             assert torch.allclose(traced, eager, atol=1e-5)
-    assert generative._traced_steps - before <= 5, "one trace per architecture, not per model"
+    assert fast_solve._traced_steps - before <= 5, "one trace per architecture, not per model"
     assert all(m.trace_sampler for m in models)

@@ -15,7 +15,7 @@ import torch
 from genctl.apps.critic_report import critic_report, discounted_returns
 from genctl.apps.policy import LoadedPolicy
 from genctl.apps.train import resume, train
-from genctl.config import TrainConfig, build_config, resolved_beta
+from genctl.config import TrainConfig, build_config
 from genctl.datasets import StoreWriter
 from genctl.errors import ConfigError
 from genctl.policies import IQLCritic, make_algorithm, make_generative_model
@@ -87,12 +87,12 @@ def test_advantage_normalisation_makes_weights_unit_free() -> None:
 
 def test_beta_defaults_and_reference_mode() -> None:
     cfg = build_config(TrainConfig, overrides=["policy.algo=gmpo"])
-    assert cfg.policy.adv_norm == "std" and resolved_beta(cfg.policy) == 10.0
-    assert resolved_beta(build_config(TrainConfig, overrides=["policy.algo=gmpg"]).policy) == 0.5
+    assert cfg.policy.adv_norm == "std" and cfg.policy.resolved_beta() == 10.0
+    assert build_config(TrainConfig, overrides=["policy.algo=gmpg"]).policy.resolved_beta() == 0.5
     with pytest.raises(ConfigError, match="policy.beta explicitly"):
         build_config(TrainConfig, overrides=["policy.algo=gmpo", "policy.adv_norm=none"])
     ref = build_config(TrainConfig, overrides=["policy.adv_norm=none", "policy.beta=3", "data.reward_scale=return_range"])
-    assert resolved_beta(ref.policy) == 3.0
+    assert ref.policy.resolved_beta() == 3.0
 
 
 def test_discounted_returns_known_answer() -> None:

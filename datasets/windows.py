@@ -1,4 +1,4 @@
-"""Observation history and action chunking for training (Diffusion-Policy windows over the train episodes).
+"""Observation history and action chunking: Diffusion-Policy windows over the train episodes, as flat tensors.
 
 A window at step t of an episode conditions on the last ``n_obs_steps`` observations ``obs[t-n+1 .. t]`` (the
 first frame repeated before the episode start) and predicts the ``horizon`` actions ``action[t .. t+H-1]`` (the
@@ -7,14 +7,8 @@ generative model sees ``cond`` of width ``n_obs_steps * D`` and ``x`` of width `
 observation is the last ``D`` columns of ``cond`` and the first action of the chunk the first ``A`` columns of
 ``x``. There is one window per transition (every step of every train episode is a "current step").
 
-The IQL critic keeps learning from single transitions ``(obs_t, a_t)``. ``ChunkCritic`` lets the policy
-algorithms, which call ``critic.q(cond, x)`` / ``critic.v(cond)``, read it on the window's current observation
-and the chunk's first action:
-* GMPO weights a window by ``exp(beta (Q(s_t, a_t) - V(s_t)))`` of its *first* action — the action that is
-  executed at the window's state; the later actions of the chunk are judged through the states they lead to
-  in other windows, and an n-step chunk value would need a critic on chunks, which IQL does not learn.
-* GMPG maximises ``Q(s_t, a_t)`` of the first action of the sampled chunk, conditioned on the current
-  observation (the last of the history); the KL term to the behaviour model covers the whole chunk.
+The IQL critic keeps learning from single transitions; ``genctl.policies.ChunkCritic`` reads it on windows.
+Torch is imported where it is used (importing ``genctl.datasets`` stays light).
 """
 
 from __future__ import annotations
@@ -23,11 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
-from torch import Tensor, nn
 
-from genctl.config import TrainConfig
-from genctl.datasets import EpisodeStore, Normalizer, SequenceSampler
+from genctl.datasets.normalizer import Normalizer
+from genctl.datasets.samplers import SequenceSampler
+from genctl.datasets.store import EpisodeStore
 from genctl.errors import DataError
 
 
@@ -44,7 +37,8 @@ class SeqSpec:
         return self.n_obs_steps > 1 or self.horizon > 1
 
     @classmethod
-    def from_config(cls, cfg: TrainConfig) -> SeqSpec:
+    def from_config(cls, cfg: Any) -> SeqSpec:
+        """From a TrainConfig (its ``data`` section)."""
         d = cfg.data
         return cls(d.n_obs_steps, d.horizon, d.n_action_steps or d.horizon)
 
@@ -76,13 +70,17 @@ class WindowData:
     Memory is O(transitions): the window table holds (start row, episode start, episode end) per window and a
     batch is two ``index_select`` calls on edge-clipped row numbers (no per-window copies)."""
 
-    def __init__(self, obs: Tensor, action: Tensor, windows: Tensor, spec: SeqSpec):
+    def __init__(self, obs: Any, action: Any, windows: Any, spec: SeqSpec):
+        import torch
+
         self.obs, self.action, self.windows, self.spec = obs, action, windows, spec
         self.n = len(windows)
         self._arange = torch.arange(spec.n_obs_steps - 1 + spec.horizon, device=obs.device)
 
-    def gather(self, idx: Tensor) -> dict[str, Tensor]:
-        """``obs`` (B, n_obs_steps * D) and ``action`` (B, horizon * A) for windows ``idx``."""
+    def gather(self, idx: Any) -> dict[str, Any]:
+        """``obs`` (B, n_obs_steps * D) and ``action`` (B, horizon * A) for windows ``idx`` (a device tensor)."""
+        import torch
+
         w = self.windows.index_select(0, idx)
         rows = torch.minimum(torch.maximum(w[:, :1] + self._arange, w[:, 1:2]), w[:, 2:3] - 1)
         n_obs, b = self.spec.n_obs_steps, len(idx)
@@ -91,10 +89,12 @@ class WindowData:
         return {"obs": obs, "action": act}
 
 
-def build_windows(store: EpisodeStore, episodes: np.ndarray, obs_norm: Normalizer, act_norm: Normalizer,
-                  spec: SeqSpec, device: torch.device) -> WindowData:
+def build_windows(store: EpisodeStore, episodes: Any, obs_norm: Normalizer, act_norm: Normalizer,
+                  spec: SeqSpec, device: Any = "cpu") -> WindowData:
     """Windows of ``episodes`` (train split), via ``SequenceSampler`` with pad_before = n_obs_steps - 1 and
     pad_after = horizon - 1 over a window of n_obs_steps - 1 + horizon rows (one window per step)."""
+    import torch
+
     eps = np.asarray(episodes, np.int64).reshape(-1)
     obs = obs_norm.normalize(store.flat_obs(False, eps))
     act = act_norm.normalize(store.load(["action"], eps)["action"])
@@ -107,26 +107,7 @@ def build_windows(store: EpisodeStore, episodes: np.ndarray, obs_norm: Normalize
     if len(sampler) == 0:
         raise DataError(f"store {store.path}: no training windows after the validation split")
 
-    def t(x: np.ndarray, dtype: Any = np.float32) -> Tensor:
+    def t(x: np.ndarray, dtype: Any = np.float32) -> Any:
         return torch.as_tensor(np.ascontiguousarray(x, dtype=dtype)).to(device)
 
     return WindowData(t(obs.reshape(len(obs), -1)), t(act.reshape(len(act), -1)), t(sampler.indices, np.int64), spec)
-
-
-class ChunkCritic(nn.Module):
-    """A single-step ``IQLCritic`` read on windows: ``q(cond, chunk)`` = Q(current obs, first action of the
-    chunk), ``v(cond)`` = V(current obs). Gradients flow through to ``chunk`` (GMPG); parameters are the
-    wrapped critic's (so freezing this freezes it)."""
-
-    def __init__(self, critic: nn.Module, obs_dim: int, action_dim: int):
-        super().__init__()
-        self.critic, self.obs_dim, self.action_dim = critic, int(obs_dim), int(action_dim)
-
-    def current(self, cond: Tensor) -> Tensor:
-        return cond[..., -self.obs_dim:]
-
-    def q(self, cond: Tensor, chunk: Tensor) -> Tensor:
-        return self.critic.q(self.current(cond), chunk[..., : self.action_dim])
-
-    def v(self, cond: Tensor) -> Tensor:
-        return self.critic.v(self.current(cond))

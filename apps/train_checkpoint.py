@@ -1,0 +1,132 @@
+"""The trainer's checkpoints: what a checkpoint holds (weights, optimisers, RNG streams, stage position, the
+normalisers and everything ``genctl eval`` needs), writing it, restoring a resume from it, and reusing another
+run's critic (``critic.from_run``). A mixin of ``genctl.apps.train.Trainer``."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from genctl.algos import stage_plan
+from genctl.apps.distributed import barrier, gather, replica_divergence
+from genctl.errors import ConfigError, DataError, GenctlError
+from genctl.run import Checkpoint, latest_checkpoint, load_module, save_checkpoint
+from genctl.seeding import rng_state, set_rng_state
+
+
+class CheckpointMixin:
+    """Needs the trainer's cfg, run_dir, dist, store, data (the batcher), policy, ema, critic, models (the
+    algorithm's own networks), optimizers(), seq, normalisers and stage counters."""
+
+    cfg: Any
+    run_dir: Path
+
+    def plan(self) -> list[tuple[str, int]]:
+        return stage_plan(self.cfg.policy, 0 if self.cfg.critic.from_run else self.cfg.critic.steps)
+
+    def networks(self) -> dict[str, torch.nn.Module]:
+        """Every trained network by checkpoint group name (policy, critic, then the algorithm's own)."""
+        nets = {"policy": self.policy, "critic": self.critic, **self.models}
+        return {k: v for k, v in nets.items() if v is not None}
+
+    def meta(self) -> dict[str, Any]:
+        plan = self.plan()
+        return {
+            "config": self.cfg.model_dump(mode="json"),
+            "stage": plan[self.stage_idx][0] if self.stage_idx < len(plan) else "done",
+            "stage_idx": self.stage_idx, "stage_step": self.stage_step,
+            "finished": self.stage_idx >= len(plan),
+            "model": self.policy.config(),
+            "obs_dim": self.obs_dim, "action_dim": self.action_dim, **self.seq.to_meta(),
+            "obs_norm": self.obs_norm.to_dict(), "action_norm": self.act_norm.to_dict(),
+            "reward_scale": self.reward_scale, "reward_shift": self.cfg.data.reward_shift,
+            "beta": self.cfg.policy.resolved_beta(), "adv_stats": self.adv_stats, "critic_from": self.critic_source,
+            "env": self.store.attrs.get("env"), "obs_keys": self.store.attrs.get("obs_keys"),
+            "obs_spec": None if self.obs_spec is None else self.obs_spec.to_dict(),
+            "critic_encoder": self.encoder_config(1), "images": (self.store.attrs.get("source") or {}).get("images"),
+            "action_space": self.store.attrs.get("action_space"),
+            "ref_min_score": self.store.attrs.get("ref_min_score"),
+            "ref_max_score": self.store.attrs.get("ref_max_score"),
+            "store": str(Path(self.cfg.data.store).resolve()), "val_episodes": self.val_episodes,
+            "rng": rng_state(), "data_rng": self.data.state_dict()["generator"],
+            "world_size": self.dist.world,
+            "time": time.time(),
+        }
+
+    def save(self) -> Path | None:
+        """Checkpoint (rank 0 writes; every rank must call it: per-rank data streams are gathered)."""
+        ranks_rng = gather(self.data.state_dict()["generator"], self.dist)
+        nets = self.networks()
+        divergence = replica_divergence(list(nets.values()), self.dist)
+        if not self.dist.is_main:
+            barrier(self.dist)
+            return None
+        bad = [n for n, m in nets.items() if not all(bool(torch.isfinite(t).all()) for t in m.parameters())]
+        if bad:  # never overwrite a good checkpoint with diverged weights
+            raise GenctlError(f"step {self.global_step}: {', '.join(bad)} weights became NaN/Inf; training stopped. "
+                              f"Last good checkpoint: {latest_checkpoint(self.run_dir) or 'none'}")
+        groups = {"policy": self.policy.state_dict()}
+        if self.ema is not None:
+            groups["ema"] = self.ema.module.state_dict()
+        groups.update({n: m.state_dict() for n, m in nets.items() if n != "policy"})
+        meta = self.meta()
+        if self.dist.enabled:
+            meta.update(data_rng_ranks=ranks_rng, replica_divergence=divergence)
+        path = save_checkpoint(self.run_dir, self.global_step, groups, self.optimizers(), meta)
+        barrier(self.dist)
+        return path
+
+    def restore(self, ck: Checkpoint) -> None:
+        m = ck.meta
+        if m["obs_dim"] != self.obs_dim or m["action_dim"] != self.action_dim:
+            raise DataError(f"checkpoint {ck.path}: obs/action dims {m['obs_dim']}/{m['action_dim']} do not match "
+                            f"the store {self.store.path} ({self.obs_dim}/{self.action_dim})")
+        for name, net in self.networks().items():
+            load_module(net, ck.group(name), f"checkpoint {ck.path} ({name})")
+        if self.ema is not None and ck.has("ema"):
+            load_module(self.ema.module, ck.group("ema"), f"checkpoint {ck.path} (ema)")
+        ck.load_optimizers(self.optimizers())
+        self.stage_idx, self.stage_step, self.global_step = m["stage_idx"], m["stage_step"], m["step"]
+        self.adv_stats = m.get("adv_stats")
+        self.critic_source = m.get("critic_from")
+        set_rng_state(m["rng"])
+        if not self.dist.enabled:
+            self.data.load_state_dict({"generator": m["data_rng"]})
+            return
+        ranks = m.get("data_rng_ranks") or []
+        if m.get("world_size") == self.dist.world and len(ranks) == self.dist.world:
+            self.data.load_state_dict({"generator": ranks[self.dist.rank]})
+        else:  # different world size: a fresh, distinct stream per rank (exactness needs the same N)
+            self.data.restart(offset=m["step"])
+
+    def _load_critic(self, src: Path) -> None:
+        """critic.from_run: the other run's trained critic, after checking it was trained on the same inputs."""
+        path = latest_checkpoint(src) if (src / "config.yaml").exists() else src
+        if path is None or not (path / "meta.json").exists():
+            raise ConfigError(f"critic.from_run={src}: no checkpoint there (expected a run folder with "
+                              "checkpoints/ or a checkpoint folder)")
+        ck = Checkpoint(path)
+        m = ck.meta
+        if not ck.has("critic"):
+            raise ConfigError(f"critic.from_run={src}: checkpoint {path.name} has no critic (a BC run?)")
+        if m.get("stage") == "critic" and not m.get("finished"):
+            raise ConfigError(f"critic.from_run={src}: its critic stage is unfinished ({path.name}); resume it first")
+        mine = {"store": str(Path(self.cfg.data.store).resolve()), "obs_dim": self.obs_dim,
+                "action_dim": self.action_dim, "reward_scale": self.reward_scale,
+                "reward_shift": self.cfg.data.reward_shift}
+        for key, want in mine.items():
+            got = m.get(key)
+            same = math.isclose(got, want, rel_tol=1e-9) if isinstance(want, float) and got is not None else got == want
+            if not same:
+                raise ConfigError(f"critic.from_run={src}: trained with {key}={got!r}, this run has {want!r}")
+        theirs = m["config"].get("critic", {})
+        for key in ("hidden", "gamma", "expectile"):
+            if theirs.get(key) != getattr(self.cfg.critic, key):
+                raise ConfigError(f"critic.from_run={src}: trained with critic.{key}={theirs.get(key)!r}, this run "
+                                  f"has {getattr(self.cfg.critic, key)!r} (set it to match)")
+        load_module(self.critic, ck.group("critic"), f"checkpoint {path} (critic)")
+        self.critic_source = str(path.resolve())
