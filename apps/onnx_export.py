@@ -180,6 +180,9 @@ def export_onnx(run: str | Path, out: str | Path) -> Path:
     except ImportError:
         raise GenctlError("ONNX export needs the onnx package: pip install onnx onnxruntime") from None
     policy = LoadedPolicy.from_run(run)
+    if policy.sees_cameras:
+        raise GenctlError(f"{run}: this policy sees cameras (data.obs_keys); ONNX export covers state policies only "
+                          "(the image encoder is not exported yet)")
     meta = sampler_meta(policy, Path(run))
     data = build_onnx(policy, meta)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)

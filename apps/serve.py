@@ -339,6 +339,9 @@ def load_backend(run: str | None, onnx: str | None, device: str = "cpu"
     from genctl.apps.policy import LoadedPolicy
 
     policy = LoadedPolicy.from_run(run, device=str(resolve_device(device, label="--device ")))
+    if policy.sees_cameras:  # the wire carries images, but composing them into the policy's input is not built yet
+        raise GenctlError(f"{run}: this policy sees cameras (data.obs_keys); genctl serve does not serve camera "
+                          "policies yet (evaluate it with genctl eval, which renders its camera)")
     # the weights and meta that define the actions; not the optimiser state
     files = [p for p in policy.ck.path.iterdir() if p.is_file() and not p.name.startswith("optim")]
     return policy, f"step{policy.meta.get('step', '?')}-{_digest(files)}", policy.env_info
