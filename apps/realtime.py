@@ -88,7 +88,7 @@ def run_realtime(run: str | Path, *, hz: float, episodes: int = 1, late: str = "
                           f"actions per call), got {k}")
     if policy.env_info is None:
         raise GenctlError(f"{run}: the training store recorded no env")
-    env = make_env_from_info(policy.env_info)
+    env = make_env_from_info(policy.env_info, **policy.env_overrides())  # a camera policy: its trained view
     period = 1.0 / hz
     # first calls build the sampler's cached trace: do them before the clock starts
     for _ in range(2):
@@ -104,7 +104,7 @@ def run_realtime(run: str | Path, *, hz: float, episodes: int = 1, late: str = "
         for ep_i, s in enumerate(eval_seeds(episodes, start=seed)):
             obs, _ = env.reset(seed=s)
             ep = Episode(ep_i, s)
-            state.start(ep, obs)
+            state.start(ep, policy.observe(obs, env))  # the keys (and camera frame) the policy sees
             last = np.zeros(env.action_space.shape, np.float32)
             sid += 1
             ep_first = obs_id = sid
@@ -129,7 +129,7 @@ def run_realtime(run: str | Path, *, hz: float, episodes: int = 1, late: str = "
                 ticks += 1
                 ep.record(last, float(r), info)
                 n = ep.length
-                state.observe(obs)
+                state.observe(policy.observe(obs, env))
                 if n - submitted[obs_id] >= k:  # the chunk's k actions are done: replan from this observation
                     sid += 1
                     obs_id = sid

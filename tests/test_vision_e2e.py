@@ -61,6 +61,8 @@ def test_vision_policy_collect_train_eval(store: Path, tmp_path: Path) -> None:
 def test_vision_policy_with_history_and_gmpg_runs(store: Path, tmp_path: Path) -> None:
     cli("train", f"data.store={store}", f"out_dir={tmp_path}", "name=g", "policy.algo=gmpg", "critic.steps=4",
         "policy.steps=3", "policy.behaviour_steps=3", "policy.sample_steps=2", "data.n_obs_steps=2", SEES, *TINY)
+    r = cli("run", str(tmp_path / "g"), "--hz", "50", "--max-steps", "10")  # real time renders the camera too
+    assert json.loads((tmp_path / "g" / "realtime.json").read_text())["ticks"] == 10, r.stdout
     from genctl.apps.policy import LoadedPolicy
     from genctl.envs import make_env
 
