@@ -142,6 +142,8 @@ def plot_action_samples(run_dir: Path, out: Path, *, states: int = 6, n: int = 2
 
     policy = LoadedPolicy.from_run(run_dir)
     store = EpisodeStore.open(policy.meta["store"])
+    store.select_obs(policy.obs_spec)  # data.obs_keys: the states as the policy sees them (keys, camera pixels)
+    selected = policy.obs_spec is not None and not policy.obs_spec.is_default
     val = policy.meta.get("val_episodes") or list(range(min(3, store.n_episodes)))
     data = load_transitions(store, episodes=val)
     pool = load_transitions(store)  # the data's actions near each state come from every episode
@@ -150,7 +152,7 @@ def plot_action_samples(run_dir: Path, out: Path, *, states: int = 6, n: int = 2
     idx = rng.choice(len(data["obs"]), size=min(states, len(data["obs"])), replace=False)
     d = policy.action_dim
     pairs = list(itertools.combinations(range(min(d, MAX_PAIR_DIMS)), 2)) or [(0,)]
-    maze = _maze_context(policy, store)
+    maze = None if selected else _maze_context(policy, store)  # (its offsets are those of the whole env obs)
     cols = len(pairs) + (maze is not None)
     plt = _plt()
     fig, axes = plt.subplots(len(idx), cols, figsize=(3.3 * cols, 3.1 * len(idx)), squeeze=False)
