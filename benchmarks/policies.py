@@ -24,14 +24,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import time
-from collections.abc import Callable
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # 2 shared cores: avoid OpenMP spin-wait collapse
 
 import torch  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+from bench_timing import flops_of, matmul_rate, set_device, sync, timeit  # noqa: E402
 
 from genctl.policies import IQLCritic, count_parameters, make_algorithm, make_generative_model  # noqa: E402
 
@@ -40,37 +38,6 @@ NETS = {"ref": [512, 256, 128], "small": [128, 64, 32], "tiny": [64, 32, 16]}
 
 
 DEVICE = torch.device("cpu")
-
-
-def sync() -> None:
-    if DEVICE.type == "cuda":
-        torch.cuda.synchronize(DEVICE)
-
-
-def timeit(fn: Callable[[], object], repeat: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        sync()
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def flops_of(fn: Callable[[], object]) -> int:
-    with FlopCounterMode(display=False) as fc:
-        fn()
-    return fc.get_total_flops()
-
-
-def matmul_rate(repeat: int, dtype: torch.dtype = torch.float32) -> float:
-    n = 8192 if DEVICE.type == "cuda" else 1024
-    a, b = (torch.randn(n, n, device=DEVICE).to(dtype) for _ in range(2))
-    sec = timeit(lambda: a @ b, max(repeat, 5))
-    return 2 * n**3 / sec
 
 
 def batch(n: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
@@ -98,7 +65,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     args = ap.parse_args()
     global DEVICE
-    DEVICE = torch.device(args.device)
+    DEVICE = set_device(args.device)
     cuda = DEVICE.type == "cuda"
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -19,51 +19,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
-from collections.abc import Callable
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # 2 shared cores: avoid OpenMP spin-wait collapse
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+from bench_timing import flops_of, matmul_rate, set_device, timeit  # noqa: E402
 
 from genctl.policies import count_parameters, make_algorithm, make_generative_model  # noqa: E402
 from genctl.policies.vision import ImageSpec, MultiCameraEncoder, VisionPolicy, preprocess  # noqa: E402
 
 ACT, STATE, KEY = 7, 9, "image/front"
 DEVICE = torch.device("cpu")
-
-
-def sync() -> None:
-    if DEVICE.type == "cuda":
-        torch.cuda.synchronize(DEVICE)
-
-
-def timeit(fn: Callable[[], object], repeat: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        sync()
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def flops_of(fn: Callable[[], object]) -> int:
-    with FlopCounterMode(display=False) as fc:
-        fn()
-    return fc.get_total_flops()
-
-
-def matmul_rate(repeat: int) -> float:
-    n = 8192 if DEVICE.type == "cuda" else 1024
-    a, b = (torch.randn(n, n, device=DEVICE) for _ in range(2))
-    return 2 * n**3 / timeit(lambda: a @ b, max(repeat, 5))
 
 
 def report(name: str, value: float, unit: str, extra: str = "") -> None:
@@ -82,7 +49,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     args = ap.parse_args()
     global DEVICE
-    DEVICE = torch.device(args.device)
+    DEVICE = set_device(args.device)
     repeat, n_store = (2, 512) if args.quick else (args.repeat, args.store)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -115,7 +82,7 @@ def main() -> None:
               flush=True)
         imgs = {KEY: torch.from_numpy(store[idx])}
         with torch.no_grad():
-            sec = timeit(lambda e=enc, m=imgs: e(m, train=False), repeat)
+            sec = timeit(lambda e=enc, m=imgs: e(m, train=False), repeat, warmup=1)
             x = preprocess(spec, store[idx], train=False, device=DEVICE)[0]
             fl = flops_of(lambda e=enc, x=x: e.backbones[0](x))
         report(f"encoder eval images/s @{B} (uint8 in, centre crop)", B / sec, "images/s",
@@ -131,7 +98,7 @@ def main() -> None:
             a.update({"action": torch.from_numpy(actions[i]).to(DEVICE),
                       "obs": {"obs": torch.from_numpy(states[i]).to(DEVICE), KEY: store[i]}})
 
-        sec_step = timeit(step, repeat)
+        sec_step = timeit(step, repeat, warmup=1)
         fl = flops_of(step)
         report(f"train step it/s @{B} (crop+encoder+MLP gen., fwd+bwd+Adam)", 1 / sec_step, "it/s",
                f"  [{fl / sec_step / 1e9:6.1f} GFLOP/s = {fl / sec_step / peak:4.0%} of dense matmul]")
