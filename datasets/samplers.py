@@ -44,11 +44,7 @@ def load_transitions(store: EpisodeStore, episodes: Any = None) -> dict[str, np.
     if store.has_next_obs():
         out["next_obs"] = store.flat_obs(True, episodes)
         return out
-    eps = np.arange(store.n_episodes) if episodes is None else np.asarray(episodes, np.int64).reshape(-1)
-    lengths = store.episode_lengths()[eps]
-    last = np.cumsum(lengths) - 1
-    nxt = np.arange(1, len(obs) + 1)
-    nxt[last] = last  # terminal steps: successor unused; keep in range
+    nxt, last = store.successor_rows(episodes)  # an episode's last row points at itself (unused if terminal)
     keep = np.ones(len(obs), bool)
     keep[last[data["terminated"][last] == 0]] = False
     out["next_obs"] = obs[nxt]

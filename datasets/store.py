@@ -206,6 +206,15 @@ class EpisodeStore:
         parts = [data[k].reshape(len(data[k]), -1) for k in keys]
         return np.ascontiguousarray(parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1), np.float32)
 
+    def successor_rows(self, episodes: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """For the rows of ``episodes`` as :meth:`load` returns them: the index of each row's next row in the same
+        episode (an episode's last row points at itself), and the indices of those last rows."""
+        eps = np.arange(self.n_episodes) if episodes is None else self._episode_index(episodes)
+        last = np.cumsum(self.episode_lengths()[eps]) - 1
+        nxt = np.arange(1, int(last[-1]) + 2 if len(last) else 0)
+        nxt[last] = last
+        return nxt, last
+
     def _selected_obs(self, next: bool, episodes: Any) -> np.ndarray:
         spec = self._obs_spec
         low_keys = [("next_" + k) if next else k for k in spec.low_keys]
@@ -215,10 +224,7 @@ class EpisodeStore:
                else np.zeros((n, 0), np.float32))
         images = {c.key: data[c.key] for c in spec.cameras}
         if next and images:
-            eps = np.arange(self.n_episodes) if episodes is None else self._episode_index(episodes)
-            last = np.cumsum(self.episode_lengths()[eps]) - 1
-            nxt = np.arange(1, n + 1)
-            nxt[last] = last
+            nxt, _ = self.successor_rows(episodes)
             images = {k: v[nxt] for k, v in images.items()}
         return spec.compose(low, images)
 
