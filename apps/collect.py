@@ -147,7 +147,7 @@ def _episodes(jobs: list[tuple[int, int, bool, float, bool]], workers: int, init
 
 def collect(env_id: str, *, expert: str, episodes: int, noise: float, random_frac: float = 0.0,
             workers: int = 1, seed: int = 0, out: str | Path, images: bool = False, overwrite: bool = False,
-            camera: str = DEFAULT_CAMERA, image_size: int = DEFAULT_IMAGE_SIZE,
+            camera: str = DEFAULT_CAMERA, image_size: int = DEFAULT_IMAGE_SIZE, image_codec: str = "lz4",
             env_kwargs: dict[str, Any] | None = None, progress: bool = True) -> Path:
     """Record demonstrations from a scripted expert into a zarr episode store and return its path.
 
@@ -168,6 +168,7 @@ def collect(env_id: str, *, expert: str, episodes: int, noise: float, random_fra
         camera: ``default`` (the env's own view), ``top`` (overhead; mazes: the whole maze with the goal
             marker) or a camera named in the MuJoCo model; recorded so evaluation renders the same view.
         image_size: frame height = width in pixels (e.g. 84 for a vision policy, 240 for viewing).
+        image_codec: ``lz4`` (fast to write and read) or ``zstd`` (smaller) for the camera frames.
         overwrite: replace an existing store at ``out``.
         env_kwargs: extra env constructor kwargs (recorded in ``attrs["env"]`` so the env can be rebuilt).
         progress: show a tqdm progress bar.
@@ -221,7 +222,7 @@ def collect(env_id: str, *, expert: str, episodes: int, noise: float, random_fra
     }
     workers = min(workers, episodes)
     successes = 0
-    with StoreWriter(out, attrs, overwrite=overwrite) as writer, \
+    with StoreWriter(out, attrs, overwrite=overwrite, image_codec=image_codec) as writer, \
             progress_bar(episodes, desc=f"collect {env_id}", unit="ep", enabled=progress) as bar:
         for i, result in enumerate(_episodes(jobs, workers, (env_id, expert, env_kwargs, view))):
             writer.add_episode(result["arrays"])

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from genctl.datasets.lerobot_meta import arrow_column, feature_stats, merge_stats, stats_json, write_tasks
+from genctl.datasets.lerobot_video import FrameConverter
 
 TASKS = ("pick up the cube", "push the cube to the goal")
 
@@ -41,8 +42,9 @@ def encode_episode(path: Path, frames: np.ndarray, fps: int, vcodec: str = "libs
     with av.open(str(path), "w") as out:
         s = out.add_stream(vcodec, fps, options=opts)
         s.pix_fmt, s.width, s.height = "yuv420p", frames.shape[2], frames.shape[1]
+        yuv = FrameConverter()
         for img in frames:
-            out.mux(s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
+            out.mux(s.encode(yuv.convert(av.VideoFrame.from_ndarray(img, format="rgb24"), "yuv420p")))
         out.mux(s.encode())
 
 

@@ -43,6 +43,32 @@ def codec_support() -> dict[str, dict[str, list[str]]]:
     return out
 
 
+class FrameConverter:
+    """Pixel-format conversion with one reused swscale context on the calling thread.
+
+    PyAV's ``frame.to_ndarray(format="rgb24")`` builds a new reformatter per frame and lets swscale pick its thread
+    count (``threads=0``: auto), which starts and stops worker threads on every call: 150-1200 us of mostly kernel
+    time per 96x96 frame on this machine, against ~10 us for the same conversion with a reused context and one
+    thread (bit-identical output; measured in benchmarks/datasets.py)."""
+
+    def __init__(self) -> None:
+        from av.video.reformatter import VideoReformatter
+
+        self._fmt = VideoReformatter()
+        self._threads_kw = True
+
+    def convert(self, frame: Any, fmt: str) -> Any:
+        if self._threads_kw:
+            try:
+                return self._fmt.reformat(frame, format=fmt, threads=1)
+            except TypeError:  # a PyAV without the threads argument (< 15): its default
+                self._threads_kw = False
+        return self._fmt.reformat(frame, format=fmt)
+
+    def rgb(self, frame: Any) -> np.ndarray:
+        return self.convert(frame, "rgb24").to_ndarray()
+
+
 def _has(av: Any, codec: str, mode: str) -> bool:
     try:
         av.codec.Codec(codec, mode)
@@ -77,6 +103,7 @@ class VideoReader:
         self._pending: tuple[float, Any] | None = None  # a frame read ahead by the previous episode
         self._pos = -1.0  # timestamp of the last frame handed out
         self._tb = 0.0
+        self._convert = FrameConverter()
 
     def close(self) -> None:
         if self._container is not None:
@@ -91,7 +118,9 @@ class VideoReader:
         try:
             self._container = self.av.open(str(path))
             self._stream = self._container.streams.video[0]
-            self._stream.thread_type = "AUTO"  # frame threads: decoding dominates ingest time
+            # one codec thread: small frames do not decode faster with frame threads (measured 12.9k vs 12.2k
+            # frames/s at 96x96), and the ingest runs one decoder per camera on its own thread instead
+            self._stream.codec_context.thread_count = 1
             if start > self.tol:
                 self._container.seek(max(int(start / self._stream.time_base) - 1, 0), stream=self._stream,
                                      backward=True, any_frame=False)
@@ -144,7 +173,7 @@ class VideoReader:
             if abs(t - query[i]) > self.tol:
                 raise DataError(f"{where}: frame counts disagree: video {path} has a frame at {t:.4f}s where "
                                 f"parquet row {i} expects {query[i]:.4f}s (from_timestamp + timestamp)")
-            rgb = frame.to_ndarray(format="rgb24")
+            rgb = self._convert.rgb(frame)
             if out is None:
                 out = np.empty((len(query), *rgb.shape), np.uint8)
             elif rgb.shape != out.shape[1:]:
@@ -156,6 +185,38 @@ class VideoReader:
             raise DataError(f"{where}: frame counts disagree: video {path} has {i} frames from {start:.4f}s, "
                             f"expected {len(query)} (the episode's parquet rows)")
         return out
+
+
+class CameraDecoders:
+    """Every video camera of a dataset decoding on its own thread (a single-thread executor per camera, so its
+    :class:`VideoReader` sees the episodes in order); PyAV releases the GIL while decoding."""
+
+    def __init__(self, cameras: list[str], fps: float) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.readers = {k: VideoReader(fps) for k in cameras}
+        self.pools = {k: ThreadPoolExecutor(1, thread_name_prefix=f"genctl-video-{i}") for i, k in enumerate(cameras)}
+
+    def submit(self, video_meta: dict[str, tuple[Path, float, float | None]], table: Any, where: str
+               ) -> dict[str, Any]:
+        """Start decoding one episode (``video_meta[camera]`` = (mp4, start, stop); ``table`` its parquet rows
+        with ``timestamp``): a Future of (T, H, W, 3) uint8 frames per camera."""
+        if not self.readers:
+            return {}
+        from genctl.datasets.lerobot_meta import column_array
+
+        ts = column_array(table, "timestamp", {"shape": [1]}, where).reshape(table.num_rows)
+        out = {}
+        for k, reader in self.readers.items():
+            path, start, stop = video_meta[k]
+            out[k] = self.pools[k].submit(reader.episode, path, ts, start, stop, f"{where}, feature {k!r}")
+        return out
+
+    def close(self) -> None:
+        for pool in self.pools.values():
+            pool.shutdown(wait=True, cancel_futures=True)
+        for r in self.readers.values():
+            r.close()
 
 
 def encoder_options(encoder: str, fps: int) -> dict[str, str]:
@@ -181,10 +242,12 @@ class VideoWriter:
         self._stream.width, self._stream.height = width, height
         self._stream.pix_fmt = "yuv420p"
         self._stream.time_base = Fraction(1, fps)
+        self._convert = FrameConverter()
 
     def write(self, frames: np.ndarray) -> None:
         for img in frames:
-            frame = self._av.VideoFrame.from_ndarray(np.ascontiguousarray(img[..., :3]), format="rgb24")
+            rgb = self._av.VideoFrame.from_ndarray(np.ascontiguousarray(img[..., :3]), format="rgb24")
+            frame = self._convert.convert(rgb, "yuv420p")  # the encoder's format, converted here on one thread
             frame.pts, frame.time_base = self.n, Fraction(1, self.fps)
             packets = self._stream.encode(frame)
             self.bytes += sum(p.size for p in packets)

@@ -43,22 +43,46 @@ def numeric_compressor() -> BloscCodec:
     return BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
 
 
-# Level 1: half the encode time of level 3 for camera frames at a few % more bytes; ingest of video datasets is
-# bound by decode + this encode (benchmarks/datasets.py), and a store is read far more often than written.
+# Camera frames: lz4 by default. A camera store is written once and decoded on every training read; on 96x96 RGB
+# chunks blosc-lz4 encodes in ~6 us/frame and decodes in ~2-10 (zstd level 1: 55-70 and 20-50), for 1.3-5x more
+# bytes than zstd on rendered and synthetic frames (benchmarks/datasets.py; docs/results.md §5). ``zstd`` (level 1)
+# is the choice for archival stores (``genctl ingest/collect --image-codec zstd``).
+IMAGE_CODECS = ("lz4", "zstd")
 IMAGE_ZSTD_LEVEL = 1
-FRAME_EPISODES_IN_FLIGHT = 4  # episodes of frames queued for the frame threads (bounds memory)
+FRAME_EPISODES_IN_FLIGHT = 4  # jobs of frames queued for the frame threads (bounds memory)
 FRAME_THREADS = 2  # frame encode + write threads (zstd and file writes release the GIL; 2 measured 1.2-1.3x 1)
+# Frames are chunked many to a chunk: one file per frame made file creation, not encoding, the cost of writing a
+# camera store (~0.3 ms per 96x96 frame on this machine, 4x the zstd encode). ~1 MiB of raw pixels per chunk
+# (37 frames of 96x96 RGB, 6 of 224x224) keeps a random frame read cheap (one ~1 ms decode).
+FRAME_CHUNK_BYTES = 1 << 20
+FRAME_CHUNK_MAX = 64
 
 
-def image_compressor() -> ZstdCodec:
-    return ZstdCodec(level=IMAGE_ZSTD_LEVEL)
+def frames_per_chunk(frame_shape: tuple[int, ...], itemsize: int = 1) -> int:
+    """Frames per chunk of an image array whose frames have ``frame_shape`` (H, W, C)."""
+    frame = max(1, itemsize * int(np.prod(frame_shape, dtype=np.int64)))
+    return int(min(max(FRAME_CHUNK_BYTES // frame, 1), FRAME_CHUNK_MAX))
 
 
-def _zstd() -> Any:
-    """The same zstd (level, no checksum) as ``image_compressor``, as a direct encoder for frame chunks."""
-    from numcodecs import Zstd
+def check_image_codec(codec: str) -> str:
+    if codec not in IMAGE_CODECS:
+        raise DataError(f"image codec {codec!r}: expected one of {', '.join(IMAGE_CODECS)}")
+    return codec
 
-    return Zstd(level=IMAGE_ZSTD_LEVEL)
+
+def image_compressor(codec: str = "lz4") -> BloscCodec | ZstdCodec:
+    if check_image_codec(codec) == "zstd":
+        return ZstdCodec(level=IMAGE_ZSTD_LEVEL)
+    return BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle")  # uint8: a byte shuffle would do nothing
+
+
+def frame_encoder(codec: str) -> Any:
+    """The numcodecs encoder writing exactly what ``image_compressor(codec)`` declares (zarr reads it back)."""
+    from numcodecs import Blosc, Zstd
+
+    if check_image_codec(codec) == "zstd":
+        return Zstd(level=IMAGE_ZSTD_LEVEL)
+    return Blosc(cname="lz4", clevel=5, shuffle=Blosc.NOSHUFFLE)
 
 
 class RunningStats:
@@ -125,8 +149,9 @@ class StoreWriter:
     """Context manager writing episodes to a new store at ``path`` (see docs/contracts.md)."""
 
     def __init__(self, path: str | os.PathLike, attrs: dict | None = None, *, overwrite: bool = False,
-                 block_rows: int = BLOCK_ROWS) -> None:
+                 block_rows: int = BLOCK_ROWS, image_codec: str = "lz4") -> None:
         self.path = Path(path)
+        self.image_codec = check_image_codec(image_codec)
         self.attrs = dict(attrs or {})
         self.overwrite = overwrite
         self.block_rows = block_rows
@@ -145,6 +170,8 @@ class StoreWriter:
         self._stats: dict[str, RunningStats] = {}
         self._frame_pool: ThreadPoolExecutor | None = None
         self._frame_jobs: list[Future] = []
+        # per image key: (first frame not yet written, a multiple of the chunk length; frames waiting to fill it)
+        self._frame_carry: dict[str, tuple[int, np.ndarray]] = {}
 
     @property
     def n_episodes(self) -> int:
@@ -206,7 +233,7 @@ class StoreWriter:
                                 f"expected {dtype} {shape} like the first episode")
         start = self._ends[-1] if self._ends else 0
         for k, a in arrays.items():
-            if key_kind(k) == "image":  # one chunk per frame: written now, by the frame thread, not buffered
+            if key_kind(k) == "image":  # whole chunks written now, by the frame threads, not buffered
                 self._submit_frames(k, start, a)
                 continue
             self._buf.setdefault(k, []).append(a)
@@ -221,10 +248,11 @@ class StoreWriter:
     def _create(self, key: str, block: np.ndarray) -> zarr.Array:
         data = self._root["data"]
         if key_kind(key) == "image":
-            # one chunk per frame, named c.<frame>.0.0.0 in one folder: the default "/" separator makes three
-            # nested folders per frame, and their mkdirs cost more than encoding the frame
-            return data.create_array(key, shape=(0, *block.shape[1:]), chunks=(1, *block.shape[1:]),
-                                     dtype=block.dtype, compressors=[image_compressor()],
+            # chunks of frames_per_chunk frames, named c.<chunk>.0.0.0 in one folder: the default "/" separator
+            # makes three nested folders per chunk, and their mkdirs cost more than encoding it
+            rows = frames_per_chunk(block.shape[1:], block.dtype.itemsize)
+            return data.create_array(key, shape=(0, *block.shape[1:]), chunks=(rows, *block.shape[1:]),
+                                     dtype=block.dtype, compressors=[image_compressor(self.image_codec)],
                                      chunk_key_encoding={"name": "default", "separator": "."},
                                      config={"write_empty_chunks": True})
         row = max(1, block.dtype.itemsize * int(np.prod(block.shape[1:], dtype=np.int64)))
@@ -253,16 +281,45 @@ class StoreWriter:
         self._buf, self._buf_rows, self._buf_bytes = {}, 0, 0
 
     def _submit_frames(self, key: str, start: int, frames: np.ndarray) -> None:
-        """Queue one episode's frames of an image key for the frame thread (at most FRAME_EPISODES_IN_FLIGHT
-        episodes wait; the caller blocks beyond that, so memory stays bounded)."""
+        """Queue the whole chunks that one episode's frames complete for the frame threads; the rest waits for
+        the next episode (or ``_finish``). At most FRAME_EPISODES_IN_FLIGHT jobs wait; the caller blocks beyond
+        that, so memory stays bounded by a few episodes' frames."""
         arr = self._arrays.get(key)
         if arr is None:
             arr = self._arrays[key] = self._create(key, frames)
+        rows = arr.chunks[0]
+        first, carry = self._frame_carry.get(key, (start, frames[:0]))
+        assert first + len(carry) == start, "image frames must arrive in order"
+        used = 0
+        if len(carry):  # complete the chunk the previous episode started (the only copy of frames here)
+            used = min(rows - len(carry), len(frames))
+            carry = np.concatenate([carry, frames[:used]])
+            if len(carry) < rows:
+                self._frame_carry[key] = (first, carry)
+                return
+            self._queue_frames(arr, first, carry)
+            first += rows
+        whole = (len(frames) - used) // rows * rows
+        if whole:
+            self._queue_frames(arr, first, frames[used:used + whole])
+        self._frame_carry[key] = (first + whole, frames[used + whole:])
+
+    def _queue_frames(self, arr: zarr.Array, first: int, block: np.ndarray) -> None:
         if self._frame_pool is None:
             self._frame_pool = ThreadPoolExecutor(FRAME_THREADS, thread_name_prefix="genctl-frames")
         while len(self._frame_jobs) >= FRAME_EPISODES_IN_FLIGHT:
             self._frame_jobs.pop(0).result()  # re-raises a write error here, in the caller's thread
-        self._frame_jobs.append(self._frame_pool.submit(self._write_frames, arr, start, frames))
+        self._frame_jobs.append(self._frame_pool.submit(self._write_frames, arr, first, block))
+
+    def _flush_frames(self) -> None:
+        """The last, partial chunk of every image key, padded with zeros (zarr stores edge chunks whole and
+        reads only the rows inside the array's shape)."""
+        for key, (first, carry) in self._frame_carry.items():
+            if len(carry):
+                arr = self._arrays[key]
+                pad = np.zeros((arr.chunks[0] - len(carry), *carry.shape[1:]), carry.dtype)
+                self._queue_frames(arr, first, np.concatenate([carry, pad]))
+        self._frame_carry = {}
 
     def _drain_frames(self, *, raise_errors: bool = True) -> None:
         jobs, self._frame_jobs = self._frame_jobs, []
@@ -277,23 +334,25 @@ class StoreWriter:
                 self._frame_pool.shutdown(wait=True)
                 self._frame_pool = None
 
-    def _write_frames(self, arr: zarr.Array, start: int, block: np.ndarray) -> None:
-        """One chunk file per frame, encoded here and written straight into the (local, temporary) store.
+    def _write_frames(self, arr: zarr.Array, first: int, block: np.ndarray) -> None:
+        """Whole chunks (``first`` and ``len(block)`` multiples of the chunk length), encoded here and written
+        straight into the (local, temporary) store.
 
-        zarr-python's slice write costs ~1.1 ms per chunk in its async pipeline, 4x the zstd encode itself, and
-        images are chunked per frame; so frames are encoded with the array's own codec settings (raw C-order
-        bytes, zstd at IMAGE_ZSTD_LEVEL — exactly what the array's metadata declares, and zarr reads them back as
-        its own) under the array's own chunk keys. Measured: 860 -> 3140 frames/s for 96x96 RGB. It runs on the
-        frame thread: zstd and file writes release the GIL, so encoding overlaps the caller's video decode."""
+        zarr-python's slice write costs ~1.1 ms per chunk in its async pipeline, more than encoding a chunk; so
+        chunks are encoded with the array's own codec settings (raw C-order bytes, then lz4 or zstd — exactly
+        what the array's metadata declares, and zarr reads them back as its own) under the array's own
+        chunk keys. It runs on a frame thread: the codecs and file writes release the GIL, so encoding overlaps the
+        caller's video decode."""
         assert self._tmp is not None
+        rows = arr.chunks[0]
         base = self._tmp / arr.store_path.path
         encode_key = arr.metadata.chunk_key_encoding.encode_chunk_key
-        zeros, codec = (0,) * (block.ndim - 1), _zstd()
-        files = [base / encode_key((start + i, *zeros)) for i in range(len(block))]
-        for d in {f.parent for f in files}:
-            d.mkdir(parents=True, exist_ok=True)
-        for f, frame in zip(files, block, strict=True):
-            f.write_bytes(codec.encode(np.ascontiguousarray(frame)))
+        zeros, codec = (0,) * (block.ndim - 1), frame_encoder(self.image_codec)
+        base.mkdir(parents=True, exist_ok=True)
+        for i in range(0, len(block), rows):
+            f = base / encode_key(((first + i) // rows, *zeros))
+            f.parent.mkdir(parents=True, exist_ok=True)
+            f.write_bytes(codec.encode(np.ascontiguousarray(block[i:i + rows])))
 
     # --- finish ---------------------------------------------------------------------------------------------
     def _stats_dict(self) -> dict[str, Any]:
@@ -311,6 +370,7 @@ class StoreWriter:
         if not self._ends:
             raise DataError(f"store {self.path}: no episodes were added; nothing written")
         self._flush()
+        self._flush_frames()
         self._drain_frames()
         self._root["meta"].create_array("episode_ends", data=np.asarray(self._ends, dtype=np.int64),
                                         chunks=(max(len(self._ends), 1),))

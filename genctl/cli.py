@@ -109,8 +109,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
     out = collect(args.env, expert=args.expert, episodes=args.episodes, noise=args.noise,
                   random_frac=args.random_frac, workers=args.workers, seed=args.seed, out=args.out,
-                  images=args.images, camera=args.camera, image_size=args.image_size, overwrite=args.overwrite,
-                  progress=not args.quiet)
+                  images=args.images, camera=args.camera, image_size=args.image_size, image_codec=args.image_codec,
+                  overwrite=args.overwrite, progress=not args.quiet)
     print(collect_summary(out))
     return 0
 
@@ -119,8 +119,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from genctl.datasets import ingest
 
     keys = [k.strip() for k in args.obs_keys.split(",")] if args.obs_keys else None
-    store = ingest(args.src, args.out, fmt=args.format, obs_keys=keys, overwrite=args.overwrite,
-                   progress=not args.quiet)
+    store = ingest(args.src, args.out, fmt=args.format, obs_keys=keys, image_codec=args.image_codec,
+                   overwrite=args.overwrite, progress=not args.quiet)
     print(f"wrote {store.path}: {store.n_episodes} episodes, {store.n_transitions} transitions")
     return 0
 

@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "or a camera named in the MuJoCo model; evaluation renders the same view")
     p.add_argument("--image-size", type=int, default=240, help="with --images: frame height = width in pixels "
                    "(84 or 64 for a vision policy)")
+    p.add_argument("--image-codec", choices=["lz4", "zstd"], default="lz4", help="camera frames in the store: lz4 (default; fast to write and to read while training) or zstd (smaller, slower)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("-o", "--out", required=True, help="output store (.zarr)")
 
@@ -61,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", required=True)
     p.add_argument("--format", choices=["minari", "d4rl", "robomimic", "lerobot"], help="default: detected")
     p.add_argument("--obs-keys", help="comma-separated observation keys (robomimic)")
+    p.add_argument("--image-codec", choices=["lz4", "zstd"], default="lz4", help="camera frames in the store: lz4 (default; fast to write and to read while training) or zstd (smaller, slower)")
     p.add_argument("--overwrite", action="store_true")
 
     p = sub.add_parser("export", help="write a store out as a Minari or LeRobot dataset, or a run's sampler as ONNX",

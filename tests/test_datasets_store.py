@@ -61,20 +61,47 @@ def test_dict_obs_flatten_in_sorted_order(tmp_path, rng):
     assert len(store.attrs["stats"]["obs"]["mean"]) == 5
 
 
-def test_images_chunked_per_frame(tmp_path, rng):
+def test_images_chunked_across_episodes(tmp_path, rng, monkeypatch):
+    """Image chunks hold several frames and span episode boundaries; the last one is partial (zero-padded)."""
+    from genctl.datasets import writer
+
+    monkeypatch.setattr(writer, "FRAME_CHUNK_MAX", 3)  # 3 frames per chunk, episodes of 4: chunks straddle them
     eps = []
-    for _ in range(7):  # more episodes than the frame thread keeps in flight: the writer waits, order holds
+    for _ in range(7):  # more episodes than the frame threads keep in flight: the writer waits, order holds
         ep = random_episode(rng, 4)
         ep["image/front"] = rng.integers(0, 255, (4, 6, 8, 3), dtype=np.uint8)
         eps.append(ep)
     store = write(tmp_path / "i.zarr", eps, block_rows=3)  # frames written by several flushes at offsets
     arr = store.array_info("image/front")
-    assert arr.chunks == (1, 6, 8, 3) and arr.dtype == np.uint8 and arr.shape[0] == 28
-    for i in range(7):  # frames are encoded by the writer itself (not zarr's slice write): zarr reads them back
+    assert arr.chunks == (3, 6, 8, 3) and arr.dtype == np.uint8 and arr.shape[0] == 28
+    for i in range(7):  # chunks are encoded by the writer itself (not zarr's slice write): zarr reads them back
         np.testing.assert_array_equal(store.episode(i)["image/front"], eps[i]["image/front"])
         np.testing.assert_array_equal(zarr.open_array(store.path / "data" / "image" / "front", mode="r")[4 * i:4 * i + 4],
                                       eps[i]["image/front"])
-    assert len([p for p in (store.path / "data" / "image" / "front").rglob("*") if p.is_file()]) == 28 + 1
+    assert len([p for p in (store.path / "data" / "image" / "front").rglob("*") if p.is_file()]) == 10 + 1
+    store.validate(deep=True)
+    assert writer.frames_per_chunk((96, 96, 3)) == 3
+    monkeypatch.setattr(writer, "FRAME_CHUNK_MAX", 64)
+    assert writer.frames_per_chunk((96, 96, 3)) == 37 and writer.frames_per_chunk((224, 224, 3)) == 6
+
+
+@pytest.mark.parametrize("codec, name", [("lz4", "blosc"), ("zstd", "zstd")])
+def test_image_codecs_round_trip(tmp_path, rng, codec, name):
+    eps = []
+    for _ in range(3):
+        ep = random_episode(rng, 5)
+        ep["image/front"] = np.repeat(rng.integers(0, 255, (5, 1, 8, 3), dtype=np.uint8), 6, axis=1)
+        eps.append(ep)
+    with StoreWriter(tmp_path / "c.zarr", image_codec=codec) as w:
+        for ep in eps:
+            w.add_episode(ep)
+    store = EpisodeStore.open(tmp_path / "c.zarr")
+    meta = json.loads((store.path / "data" / "image" / "front" / "zarr.json").read_text())
+    assert [c["name"] for c in meta["codecs"]][-1] == name  # what zarr declares is what the writer wrote
+    for i, ep in enumerate(eps):
+        np.testing.assert_array_equal(store.episode(i)["image/front"], ep["image/front"])
+    with pytest.raises(DataError, match="image codec 'png'"):
+        StoreWriter(tmp_path / "d.zarr", image_codec="png")
 
 
 def test_failed_image_write_leaves_nothing(tmp_path, rng):

@@ -64,6 +64,10 @@ def test_v3_concatenated_av1_video_and_png_images_via_cli(tmp_path):
     assert d["image/top"].shape == (19, 32, 32, 3) and d["image/top"].dtype == np.uint8
     assert psnr(d["image/top"], truth(lengths, 0)) > 24  # AV1 crf 30 on 32x32 frames: ~27 dB
     np.testing.assert_array_equal(d["image/wrist"], truth(lengths, 1))  # PNG: lossless
+    genctl_ok("ingest", str(src), "-o", str(tmp_path / "z.zarr"), "--image-codec", "zstd")  # the archival codec
+    z = EpisodeStore.open(tmp_path / "z.zarr")
+    assert z.array_info("image/top").compressors[0].to_dict()["name"] == "zstd"
+    np.testing.assert_array_equal(z.load(["image/top"])["image/top"], d["image/top"])
     assert [s.attrs["tasks"][str(i)] for i in d["info/task"][[0, 6, 14]]] == [TASKS[0], TASKS[1], TASKS[0]]
     a = s.attrs
     assert a["fps"] == 10 and a["robot_type"] == "so101_follower" and a["has_reward"] is True

@@ -43,9 +43,10 @@ def detect_format(src: str | os.PathLike) -> str:
 
 
 def ingest(src: str | os.PathLike, out: str | os.PathLike, *, fmt: str | None = None,
-           obs_keys: list[str] | None = None, overwrite: bool = False, progress: bool = False) -> EpisodeStore:
+           obs_keys: list[str] | None = None, overwrite: bool = False, progress: bool = False,
+           image_codec: str = "lz4") -> EpisodeStore:
     """Convert ``src`` into a store at ``out`` and return it opened (validated); ``progress`` shows a bar
-    (LeRobot, which streams episode by episode)."""
+    (LeRobot, which streams episode by episode); ``image_codec``: camera frames as ``lz4`` or ``zstd``."""
     out = Path(out)
     if out.exists() and not overwrite:
         raise DataError(f"store {out} already exists (pass overwrite=True to replace it)")
@@ -66,7 +67,7 @@ def ingest(src: str | os.PathLike, out: str | os.PathLike, *, fmt: str | None = 
         raise DataError(f"unknown format {fmt!r}: expected one of {', '.join(FORMATS)}")
     attrs, episodes = reader(src, obs_keys)
     try:
-        with StoreWriter(out, attrs, overwrite=overwrite) as writer:
+        with StoreWriter(out, attrs, overwrite=overwrite, image_codec=image_codec) as writer:
             for ep in episodes:
                 writer.add_episode(ep)
     except DataError as e:

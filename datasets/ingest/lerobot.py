@@ -14,7 +14,8 @@ Layout (from LeRobot's ``datasets/utils.py``, ``dataset_writer.py`` and the v2.1
 Feature names map to store keys as documented in docs/contracts.md (``observation.state`` -> ``obs``, other
 ``observation.<a>.<b>`` vectors -> ``obs/<a>/<b>``, cameras -> ``image/<cam>``, ``next.reward`` -> ``reward``...).
 Only one episode's frames are in memory at a time: parquet files are read in record batches and split at
-``episode_index`` changes, and each camera's mp4 is decoded sequentially (see ``lerobot_video``).
+``episode_index`` changes, and each camera's mp4 is decoded sequentially on its own thread, one episode ahead
+(see ``lerobot_video``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import numpy as np
 
 from genctl.datasets.ingest.common import box_dict, one_line
 from genctl.datasets.lerobot_meta import column_array, decode_images
-from genctl.datasets.lerobot_video import VideoReader
+from genctl.datasets.lerobot_video import CameraDecoders
 from genctl.errors import DataError
 
 VERSIONS = ("v2.0", "v2.1", "v3.0")
@@ -321,44 +322,51 @@ class LeRobotSource:
                 yield current, pa.Table.from_batches(parts), path
 
     def iter_episodes(self, progress: bool = False) -> Iterator[dict[str, np.ndarray]]:
+        """Episodes in order; each camera decodes on its own thread one episode ahead of the one handed out, so
+        decoding overlaps the caller's writes (at most two episodes' frames in memory)."""
         from genctl.progress import progress_bar
 
         by_index = {int(ep["episode_index"]): ep for ep in self.episodes}
-        readers = {k: VideoReader(self.fps) for k in self.videos}
+        cameras = CameraDecoders(self.videos, self.fps)
         done: set[int] = set()
+        ahead: tuple | None = None
         bar = progress_bar(len(self.episodes), desc="ingest lerobot", enabled=progress, unit="ep")
         try:
             for idx, table, path in self._episode_tables():
                 meta = by_index.get(idx)
-                if meta is None or idx in done:
+                if meta is None or idx in done or (ahead is not None and ahead[0] == idx):
                     what = "repeated" if meta else "not in the episode metadata"
                     raise DataError(f"{path}: episode_index {idx} is {what} (expected each episode's rows once, "
                                     "contiguous)")
                 if table.num_rows != int(meta["length"]):
                     raise DataError(f"{path}: frame counts disagree: episode {idx} has {table.num_rows} rows, "
                                     f"expected {meta['length']} (its 'length' in the episode metadata)")
-                yield self._episode(idx, table, path, meta, readers)
-                done.add(idx)
+                video = cameras.submit(meta.get("video", {}), table, f"{path}: episode {idx}")
+                if ahead is not None:
+                    yield self._episode(*ahead)
+                    done.add(ahead[0])
+                    bar.update(1)
+                ahead = (idx, table, path, meta, video)
+            if ahead is not None:
+                yield self._episode(*ahead)
+                done.add(ahead[0])
                 bar.update(1)
         finally:
             bar.close()
-            for r in readers.values():
-                r.close()
+            cameras.close()
         missing = sorted(set(by_index) - done)
         if missing:
             raise DataError(f"{self.root / 'data'}: episodes {missing[:5]} are in the metadata but have no rows")
 
-    def _episode(self, idx: int, table: Any, path: Path, meta: dict, readers: dict[str, VideoReader]
+    def _episode(self, idx: int, table: Any, path: Path, meta: dict, video: dict[str, Any]
                  ) -> dict[str, np.ndarray]:
         where = f"{path}: episode {idx}"
         n = table.num_rows
-        ts = column_array(table, "timestamp", {"shape": [1]}, where).reshape(n)
         ep: dict[str, np.ndarray] = {}
         for name, key in self.plan.items():
             ft = self.features[name]
             if ft["dtype"] == "video":
-                vpath, start, stop = meta["video"][name]
-                ep[key] = readers[name].episode(vpath, ts, start, stop, f"{where}, feature {name!r}")
+                ep[key] = video[name].result()  # re-raises the decoder's DataError here
             elif ft["dtype"] == "image":
                 ep[key] = decode_images(table.column(name), self.root, f"{where}, feature {name!r}")
             else:
