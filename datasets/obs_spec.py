@@ -12,12 +12,51 @@ vector again and runs the cameras through a CNN.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from genctl.errors import DataError
+
+_SLICED = re.compile(r"^(?P<key>[^\[\]]+)\[(?P<ranges>[^\[\]]*)\]$")
+
+
+def parse_key(key: str) -> tuple[str, str | None]:
+    """``obs/observation[0:3,9:11]`` -> (``obs/observation``, ``0:3,9:11``); a plain key -> (key, None)."""
+    m = _SLICED.match(key.strip())
+    return (m["key"], m["ranges"]) if m else (key, None)
+
+
+def key_ranges(key: str, width: int, where: str = "data.obs_keys") -> tuple[tuple[int, int], ...]:
+    """Column ranges of ``key`` within its store field of ``width`` values: the whole field, or the listed
+    ``a:b`` slices (Python semantics, step 1; negative ends count from the end), in the order given."""
+    base, spec = parse_key(key)
+    if spec is None:
+        return ((0, width),)
+    out = []
+    for part in spec.split(","):
+        m = re.fullmatch(r"\s*(-?\d*)\s*:\s*(-?\d*)\s*", part)
+        if m is None:
+            raise DataError(f"{where}: {key!r}: bad slice {part.strip()!r} (expected a:b, e.g. "
+                            f"{base}[0:3,9:11])")
+        a, b, _ = slice(int(m[1]) if m[1] else None, int(m[2]) if m[2] else None).indices(width)
+        if b <= a:
+            raise DataError(f"{where}: {key!r}: slice {part.strip()!r} selects nothing of the {width} values "
+                            f"of {base}")
+        out.append((a, b))
+    cols = np.concatenate([np.arange(a, b) for a, b in out])
+    if len(np.unique(cols)) != len(cols):
+        raise DataError(f"{where}: {key!r}: slices overlap")
+    return tuple(out)
+
+
+def take_columns(x: np.ndarray, ranges: tuple[tuple[int, int], ...]) -> np.ndarray:
+    """(N, width) -> (N, selected) for ``key_ranges``; the array itself when it is the whole field."""
+    if len(ranges) == 1 and ranges[0] == (0, x.shape[-1]):
+        return x
+    return np.concatenate([x[..., a:b] for a, b in ranges], axis=-1)
 
 
 @dataclass(frozen=True)
@@ -38,8 +77,9 @@ class CameraSpec:
 
 @dataclass(frozen=True)
 class ObsSpec:
-    """``low_keys`` with their per-step widths, then ``cameras``; ``env_slices`` picks the low-dim keys out of
-    the env's own flat observation (the sorted concatenation of its dict keys, as the store has them)."""
+    """``low_keys`` (store keys, or slices of them: ``obs/observation[0:3,9:11]``) with their per-step widths,
+    then ``cameras``; ``env_slices`` picks the low-dim values out of the env's own flat observation (the sorted
+    concatenation of its dict keys, as the store has them), in order."""
 
     low_keys: tuple[str, ...]
     low_dims: tuple[int, ...]
@@ -63,7 +103,10 @@ class ObsSpec:
     @property
     def is_default(self) -> bool:
         """The env's whole flat observation and no cameras (every run before obs_keys existed)."""
-        return not self.cameras and self.low_dim == self.env_obs_dim  # keys are distinct: all of them
+        if self.cameras or self.low_dim != self.env_obs_dim:
+            return False
+        cols = np.concatenate([np.arange(a, b) for a, b in self.env_slices]) if self.env_slices else np.zeros(0)
+        return bool(np.array_equal(cols, np.arange(self.env_obs_dim)))  # every value, in the env's order
 
     # --- construction -----------------------------------------------------------------------------------------
     @classmethod
@@ -80,7 +123,7 @@ class ObsSpec:
             raise DataError("data.obs_keys is empty: list at least one observation key (e.g. obs or image/top)")
         where = f"store {store.path}"
         available = sorted(set(env_keys) | {k for k in store.keys if k.startswith("image/")})
-        low, cams = [], []
+        low, cams, bases = [], [], []
         for k in keys:
             if k.startswith("image/"):
                 if k not in store.keys:
@@ -90,15 +133,22 @@ class ObsSpec:
                 if len(shape) != 3 or shape[2] not in (1, 3):
                     raise DataError(f"{where}: {k} has frames of shape {shape}, expected (H, W, 1 or 3) uint8")
                 cams.append(CameraSpec(k, *map(int, shape)))
-            elif k in offsets:
+            elif parse_key(k)[0] in offsets:
                 low.append(k)
+                bases.append(parse_key(k)[0])
             else:
                 raise DataError(f"{where}: data.obs_keys names {k!r}, which is not one of its observation keys "
-                                f"{available}")
-        if len(set(keys)) != len(keys):
-            raise DataError(f"data.obs_keys lists a key twice: {keys}")
-        low.sort(key=env_keys.index)  # the env's order, whatever order the user listed them in
-        return cls(tuple(low), tuple(widths[k] for k in low), tuple(cams), tuple(offsets[k] for k in low), o)
+                                f"{available} (a slice of one is written obs/observation[0:3,9:11])")
+        if len(set(bases)) != len(bases) or len(set(keys)) != len(keys):
+            raise DataError(f"data.obs_keys lists a key twice: {keys} (put every slice of a key in one [...])")
+        low.sort(key=lambda k: env_keys.index(parse_key(k)[0]))  # the env's order, whatever the user's order
+        dims, slices = [], []
+        for k in low:
+            base = parse_key(k)[0]
+            ranges = key_ranges(k, widths[base], f"{where}: data.obs_keys")
+            dims.append(sum(b - a for a, b in ranges))
+            slices.extend((offsets[base][0] + a, offsets[base][0] + b) for a, b in ranges)
+        return cls(tuple(low), tuple(dims), tuple(cams), tuple(slices), o)
 
     def to_dict(self) -> dict[str, Any]:
         return {"low_keys": list(self.low_keys), "low_dims": list(self.low_dims),
@@ -146,9 +196,14 @@ class ObsSpec:
 
     def stats_from_store(self, stats: dict[str, Any]) -> dict[str, list[float]] | None:
         """Normaliser statistics of the whole flat vector from a store's ``attrs["stats"]`` (None if missing)."""
-        parts = [stats.get(k) for k in self.low_keys]
-        if any(p is None for p in parts):
-            return None
+        parts = []
+        for k in self.low_keys:
+            base = parse_key(k)[0]
+            st = stats.get(base)
+            if st is None:
+                return None
+            ranges = key_ranges(k, len(st["mean"]))
+            parts.append({f: [v for a, b in ranges for v in st[f][a:b]] for f in ("mean", "std", "min", "max")})
         low = {f: [v for p in parts for v in p[f]] for f in ("mean", "std", "min", "max")}
         return self.pixel_normalizer_stats(low)
 

@@ -32,8 +32,9 @@ class DataConfig(_Strict):
     reward_shift: float = Field(0.0, description="added after scaling (IQL uses -1 for AntMaze)")
     obs_keys: list[str] | None = Field(
         None, description="store keys the policy observes, e.g. [obs/observation, image/top]: low-dim keys are "
-        "concatenated and normalised, image/<cam> keys go through the vision encoder (model.vision); None = every "
-        "low-dim observation key, no camera")
+        "concatenated and normalised, image/<cam> keys go through the vision encoder (model.vision); a slice of a "
+        "low-dim key keeps part of it, e.g. obs/observation[0:3,9:11]; None = every low-dim observation key, no "
+        "camera")
     # Observation history and action chunking (Diffusion-Policy style). The defaults (1, 1, None) are the
     # single-step policy: cond = one observation, x = one action, one policy call per control step.
     n_obs_steps: int = Field(
@@ -175,7 +176,25 @@ def parse_value(text: str) -> Any:
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError:
+        return _plain_list(text)
+
+
+def _plain_list(text: str) -> Any:
+    """``[a[0:3,9:11], b]`` (brackets inside items, which YAML reads as nested lists and rejects): the list of the
+    top-level comma-separated items as strings; any other text unchanged."""
+    t = text.strip()
+    if not (t.startswith("[") and t.endswith("]")):
         return text
+    items, depth, cur = [], 0, ""
+    for ch in t[1:-1]:
+        depth += (ch == "[") - (ch == "]")
+        if ch == "," and depth == 0:
+            items.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    items.append(cur.strip())
+    return [i.strip("'\"") for i in items if i]
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
