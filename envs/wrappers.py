@@ -163,7 +163,7 @@ class FastRender(gym.Wrapper):
             raise render_error(exc) from exc
 
 
-TOP_CAMERA = "top"  # an overhead view of the scene (mazes: the whole maze, walls, ball and goal marker)
+TOP_CAMERA = "top"  # an overhead view of the scene (mazes: the whole maze, walls, ball and goal marker; Fetch: the table)
 
 
 class CameraView(gym.Wrapper):
@@ -194,6 +194,10 @@ def set_camera(env: gym.Env, camera: str) -> None:
         if maze is not None:  # fit the maze (45 degree field of view: extent / 0.83 is the distance that fills it)
             cfg["distance"] = 1.25 * max(maze.map_length, maze.map_width) * maze.maze_size_scaling
             cfg["lookat"] = np.zeros(3)
+        grip = getattr(env.unwrapped, "initial_gripper_xpos", None)
+        if grip is not None:  # Fetch: the table top where objects and targets are sampled (+-0.15 m), seen from
+            # the far side of the table at 50 degrees, so the arm does not hide the object as it does from straight up
+            cfg.update(lookat=np.array([grip[0] + 0.05, grip[1], 0.42]), distance=0.85, elevation=-50.0, azimuth=180.0)
         renderer.default_cam_config = cfg
         renderer.camera_id = -1
         return
