@@ -44,8 +44,29 @@ def flops_of(fn: Callable[[], object]) -> int:
     return fc.get_total_flops()
 
 
-def matmul_rate(repeat: int, dtype: torch.dtype = torch.float32) -> float:
-    """FLOP/s of a dense n^3 matmul (n = 1024 on the CPU, 8192 on a GPU) on the current device."""
+def dense_matmul(dtype: torch.dtype = torch.float32, onednn: bool = False) -> tuple[Callable[[], object], int]:
+    """(a call, its FLOPs): a dense n^3 matmul (n = 1024 on the CPU, 8192 on a GPU) on the current device,
+    torch's own ``a @ b`` (MKL sgemm for fp32 on the CPU), or with ``onednn`` oneDNN's linear on a pre-packed
+    weight (CPU only: what the packed sampler runs; MKL's fp32 kernels need not use AVX-512 on every CPU)."""
     n = 8192 if _device.type == "cuda" else 1024
     a, b = (torch.randn(n, n, device=_device).to(dtype) for _ in range(2))
-    return 2 * n**3 / timeit(lambda: a @ b, max(repeat, 5))
+    if onednn:
+        w = torch.ops.mkldnn._reorder_linear_weight(b, n)
+        return (lambda: torch.ops.mkldnn._linear_pointwise(a, w, None, "none", [], "")), 2 * n**3
+    return (lambda: a @ b), 2 * n**3
+
+
+def matmul_rate(repeat: int, dtype: torch.dtype = torch.float32, onednn: bool = False) -> float:
+    """FLOP/s of ``dense_matmul``."""
+    fn, flops = dense_matmul(dtype, onednn)
+    return flops / timeit(fn, max(repeat, 5))
+
+
+def interleaved(fns: dict[str, Callable[[], object]], repeat: int, rounds: int = 5) -> dict[str, float]:
+    """Median seconds per call of each function, timed in alternating rounds (``repeat`` calls each, after one
+    warm-up) so that load from other processes on a shared machine hits every variant alike."""
+    per: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            per[k].append(timeit(fn, repeat, warmup=1))
+    return {k: statistics.median(v) for k, v in per.items()}

@@ -9,7 +9,10 @@ Hopper dims |S|=11, |A|=3; ``small`` = 128/64/32, 171 k; ``tiny`` = 64/32/16, 77
   GMPG iteration s (batch 4096, 10 Euler steps) target <= 1   (exact sampler density or Hutchinson trace;
                                                             KL term on all 4096 rows or on 1024 of them;
                                                             fp32 or bf16 autocast)
-  sample latency, 31 Euler steps, batch 1 / 64  targets <= 1.5 ms / <= 8 ms (traced solve; eager in brackets)
+  sample latency, 31 Euler steps, batch 1 / 64  targets <= 1.5 ms / <= 1.5x the dense-matmul floor (the solve's
+                                                FLOPs at the fp32 matmul rate below; issue 18), next to the eager
+                                                solve and the generic trace, timed in alternating rounds; at
+                                                batch 64 also the bf16 sampler and its action error vs fp32
 and the FLOP rate each training step achieves (counted with torch's FlopCounterMode) as a fraction of a
 dense matmul of the same precision (fp32 steps against fp32, bf16-autocast steps against bf16; 1024^3 on CPU,
 8192^3 on a GPU) measured in the same run. Medians of ``--repeat`` timed runs after warm-up.
@@ -23,15 +26,24 @@ sampling as a replayed CUDA graph (the default for no-grad GPU solves) next to t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import time
+from collections.abc import Callable, Iterator
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # 2 shared cores: avoid OpenMP spin-wait collapse
 
 import torch  # noqa: E402
-from bench_timing import flops_of, matmul_rate, set_device, sync, timeit  # noqa: E402
+from bench_timing import dense_matmul, flops_of, interleaved, matmul_rate, set_device, sync, timeit  # noqa: E402,E501
 
-from genctl.policies import IQLCritic, count_parameters, make_algorithm, make_generative_model  # noqa: E402
+from genctl.policies import (  # noqa: E402
+    GenerativeModel,
+    IQLCritic,
+    count_parameters,
+    cpu_solve,
+    make_algorithm,
+    make_generative_model,
+)
 
 OBS, ACT, BATCH = 11, 3, 4096
 NETS = {"ref": [512, 256, 128], "small": [128, 64, 32], "tiny": [64, 32, 16]}
@@ -53,6 +65,79 @@ def report(name: str, value: float, unit: str, target: str, flops: int | None = 
     if flops is not None and sec and peak:
         extra = f"  [{flops / sec / 1e9:6.1f} GFLOP/s = {flops / sec / peak:4.0%} of dense matmul]"
     print(f"  {name:<44s} {value:9.3f} {unit:<5s} (target {target}){extra}", flush=True)
+
+
+@contextlib.contextmanager
+def switches(model: GenerativeModel, **kw: bool) -> Iterator[None]:
+    """Set the model's solve-backend switches (trace, graph, hoist, bf16) for a block, then restore them."""
+    be = model.solve_backend
+    old = {k: getattr(be, k) for k in kw}
+    for k, v in kw.items():
+        setattr(be, k, v)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            setattr(be, k, v)
+
+
+def timed_under(model: GenerativeModel, fn: Callable[[], object], **kw: bool) -> Callable[[], object]:
+    def run() -> object:
+        with switches(model, **kw):
+            return fn()
+    return run
+
+
+def sample_lines(model: GenerativeModel, gen: torch.Generator, repeat: int, cuda: bool) -> None:
+    """Sampling latency (31 Euler steps) at batch 1 and 64 against baselines timed in the same alternating
+    rounds: the eager solve, on the CPU the generic trace (``hoist`` off: the sampler before cpu_solve), and
+    the dense-matmul floor = the solve's FLOPs at the fp32 rate of ``dense_matmul`` (torch's matmul; on the CPU
+    also oneDNN's, which the packed sampler uses). On the CPU at batch 64 also the bf16 sampler, with its
+    action error against fp32 from the same noise."""
+    mm, mm_flops = dense_matmul()
+    for n in (1, 64):
+        cond = torch.randn(n, OBS, generator=gen).to(DEVICE)
+        noise = torch.randn(n, ACT, generator=gen).to(DEVICE)
+
+        def run(c: torch.Tensor = cond, z: torch.Tensor = noise) -> torch.Tensor:
+            return model.sample(c, steps=31, noise=z)
+
+        with switches(model, trace=False, graph=False):
+            flops = flops_of(run)
+        fns = {"fast": timed_under(model, run), "eager": timed_under(model, run, trace=False, graph=False),
+               "matmul": mm}
+        packed = not cuda and n >= cpu_solve.PACKED_MIN_ROWS and cpu_solve.onednn_ok()
+        if not cuda:
+            fns["generic trace"] = timed_under(model, run, hoist=False)
+        if packed:
+            fns["matmul oneDNN"] = dense_matmul(onednn=True)[0]
+        bf16 = packed and cpu_solve.bf16_ok()
+        if bf16:
+            fns["bf16"] = timed_under(model, run, bf16=True)
+        lat = interleaved(fns, max(repeat, 20) if n == 1 else max(repeat, 5))
+        floor = flops * lat["matmul"] / mm_flops
+        base = ", ".join(f"{k} {lat[k] * 1e3:.2f} ms = {lat[k] / floor:.2f}x" for k in ("eager", "generic trace")
+                         if k in lat)
+        how = "CUDA graph" if cuda else ("traced, oneDNN packed" if packed else "traced")
+        print(f"  {'sample 31 Euler steps, batch ' + str(n):<44s} {lat['fast'] * 1e3:9.3f} ms    "
+              f"(target {'<= 1.5 ms' if n == 1 else '<= 1.5x floor'})  [{how}; {lat['fast'] / floor:.2f}x the fp32 "
+              f"dense-matmul floor {floor * 1e3:.2f} ms ({flops / 1e9:.2f} GFLOP at "
+              f"{mm_flops / lat['matmul'] / 1e9:.0f} GFLOP/s); {base}]", flush=True)
+        if packed:
+            dnn_floor = flops * lat["matmul oneDNN"] / mm_flops
+            label = "  ... against oneDNN's dense fp32 rate"
+            print(f"  {label:<44s} {lat['fast'] / dnn_floor:9.2f} x     "
+                  f"[floor {dnn_floor * 1e3:.2f} ms at {mm_flops / lat['matmul oneDNN'] / 1e9:.0f} GFLOP/s]",
+                  flush=True)
+        if bf16:
+            a32 = run()
+            with switches(model, bf16=True):
+                a16 = run()
+            err = (a16 - a32).abs()
+            print(f"  {'  ... bf16 (model.bf16_sampler)':<44s} {lat['bf16'] * 1e3:9.3f} ms    [{lat['bf16'] / lat['fast']:.2f}x "
+                  f"the fp32 time, {lat['bf16'] / floor:.2f}x the fp32 floor; action error vs fp32 on the same "
+                  f"noise: max {err.max().item():.1e}, mean {err.mean().item():.1e} (action std "
+                  f"{a32.std().item():.2f})]", flush=True)
 
 
 def main() -> None:
@@ -117,17 +202,7 @@ def main() -> None:
                 report(f"GMPO step @4096, {'bf16' if amp else 'fp32'}, compiled, no sync", 1 / sec, "it/s", ">= 10",
                        None, sec, peak16 if amp else peak)
 
-        for n in (1, 64):
-            cond = torch.randn(n, OBS, generator=gen).to(DEVICE)
-            lat = {}
-            for fast in (True, False):
-                model.trace_sampler = model.graph_sampler = fast
-                lat[fast] = timeit(lambda c=cond, m=model: m.sample(c, steps=31), max(args.repeat, 20), warmup=3)
-            model.trace_sampler = model.graph_sampler = True
-            how = "CUDA graph" if cuda else "traced"
-            print(f"  {'sample 31 Euler steps, batch ' + str(n):<44s} {lat[True] * 1e3:9.3f} ms    "
-                  f"(target {'<= 1.5 ms' if n == 1 else '<= 8 ms'})  [{how}; eager {lat[False] * 1e3:.2f} ms]",
-                  flush=True)
+        sample_lines(model, gen, args.repeat, cuda)
         if cuda:  # the graph of a torch.compile'd network step (GenerativeModel.compile_sampler)
             model.compile_sampler = True
             for n in (1, 64):

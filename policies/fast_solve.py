@@ -7,6 +7,8 @@ when no fast path applies (the model then runs its eager solve, which gives the 
 one ``SolveBackend`` (its switches ``trace`` / ``graph`` / ``compile`` and its CUDA-graph cache); every path is
 an optimisation only, so a failure to trace or capture switches that path off for the model, never fails a
 solve. The traced and compiled paths need a backbone with the sampler fast path (``nets.SamplerBackbone``).
+On the CPU the residual MLP's trace is ``cpu_solve.HoistedSolve`` (conditioning out of the step loop, oneDNN
+packed linears at batch >= 8, optional bf16); other backbones and devices trace ``TracedSolve``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from .nets import InferenceStep, SamplerBackbone, is_sampler_backbone
+from . import cpu_solve
+from .nets import InferenceStep, ResidualMLPBackbone, SamplerBackbone, is_sampler_backbone
 from .solvers import integrate
 
 if TYPE_CHECKING:
@@ -47,15 +50,19 @@ def step_inputs(backbone: SamplerBackbone, grid: _Grid, cond: Tensor | None, row
 
 class SolveBackend:
     """A model's fast no-grad solves: ``trace`` (TorchScript, CPU and GPU), ``graph`` (replay a captured CUDA
-    graph), ``compile`` (... of a ``torch.compile``'d network step: fewer kernels, seconds to build)."""
+    graph), ``compile`` (... of a ``torch.compile``'d network step: fewer kernels, seconds to build), ``bf16``
+    (the traced CPU solve of the residual MLP in bfloat16 at batch >= ``cpu_solve.PACKED_MIN_ROWS``, on CPUs
+    with native bf16 matmuls; not exact: ~1e-3 action error on the reference net, see benchmarks/policies.py).
+    ``hoist``: CPU traces of the residual MLP use ``cpu_solve`` (off: the generic ``TracedSolve``, for A/B)."""
 
-    def __init__(self, trace: bool = True, graph: bool = True, compile: bool = False):
-        self.trace, self.graph, self.compile = trace, graph, compile
+    def __init__(self, trace: bool = True, graph: bool = True, compile: bool = False, bf16: bool = False,
+                 hoist: bool = True):
+        self.trace, self.graph, self.compile, self.bf16, self.hoist = trace, graph, compile, bf16, hoist
         self.graphs: dict[tuple, GraphedSolve] = {}
 
     def fresh(self) -> SolveBackend:
         """The same switches with empty caches (a copy or pickle of the model must not share captured graphs)."""
-        return SolveBackend(self.trace, self.graph, self.compile)
+        return SolveBackend(self.trace, self.graph, self.compile, self.bf16, self.hoist)
 
     def solve(self, model: GenerativeModel, cond: Tensor | None, grid: _Grid, x: Tensor, solver: str,
               steps: int) -> Tensor | None:
@@ -98,15 +105,17 @@ class SolveBackend:
 
         At batch 1 a step is ~50 tiny ops whose eager dispatch (~3-5 us each) is the whole cost; the trace
         unrolls the loop (grid indices and velocity coefficients become constants) and runs it from C++,
-        ~3-4x faster. One trace serves every model of the same architecture (``_SharedTrace``); in-place
-        weight updates (optimiser, EMA, load_state_dict) are picked up before the next solve."""
+        ~3-4x faster. One trace serves every model of the same architecture (``_SharedTrace``, or on the CPU
+        ``_HoistedTrace``); in-place weight updates (optimiser, EMA, load_state_dict) are picked up before the
+        next solve."""
         bb = model.backbone
         if not (self.trace and is_sampler_backbone(bb)):
             return None
         ttab, sproj = step_inputs(bb, grid, cond, x.shape[0])
         w = model._ref()
+        mode = cpu_solve.mode_for(bb, x, self.bf16) if self.hoist else None  # residual MLP on CPU: cpu_solve
         key = (type(bb).__name__, tuple(tuple(p.shape) for p in bb.parameters()), model.prediction,
-               json.dumps(model.path.config(), sort_keys=True), steps, solver, w.device, w.dtype)
+               json.dumps(model.path.config(), sort_keys=True), steps, solver, w.device, w.dtype, mode)
         shared = _shared_traces.get(key)
         if shared is None:
             global _traced_steps
@@ -116,7 +125,11 @@ class SolveBackend:
             _traced_steps += steps
             try:
                 with torch.inference_mode(False), torch.no_grad():
-                    shared = _SharedTrace(model, grid, solver, steps, x.clone(), ttab.clone(), sproj.clone())
+                    if mode is None:
+                        shared = _SharedTrace(model, grid, solver, steps, x.clone(), ttab.clone(), sproj.clone())
+                    else:
+                        shared = _HoistedTrace(model, grid, solver, steps, mode, x.clone(), ttab.clone(),
+                                               sproj.clone())
             except Exception:  # tracing is an optimisation only
                 self.trace = False
                 return None
@@ -191,6 +204,31 @@ class _SharedTrace:
                     torch._foreach_copy_(self.params, [p.detach() for p in src])
                 self.stamp = stamp
             return self.fn(x, ttab, sproj)
+
+
+class _HoistedTrace:
+    """One traced ``cpu_solve.HoistedSolve`` per (architecture, path, steps, solver, dtype, mode) in the process.
+    The weights are inputs of the trace (the live parameters, or their oneDNN-packed copies), so nothing is
+    copied into the trace and every model of the architecture shares it."""
+
+    def __init__(self, model: GenerativeModel, grid: _Grid, solver: str, steps: int, mode: str, x: Tensor,
+                 ttab: Tensor, sproj: Tensor):
+        bb = model.backbone
+        assert isinstance(bb, ResidualMLPBackbone)
+        self.mode = mode
+        solve = cpu_solve.HoistedSolve(bb, model.prediction == "noise", grid.A, grid.B, model.path.t_end, solver,
+                                       steps, mode)
+        self.fn = torch.jit.trace(solve, (x, ttab, sproj, self.weights(bb, x.shape[0])), check_trace=False)
+
+    def weights(self, bb: ResidualMLPBackbone, rows: int) -> list[Tensor]:
+        if self.mode == "plain":
+            return cpu_solve.weight_list(bb)
+        dtype = torch.bfloat16 if self.mode == "packed-bf16" else torch.float32
+        return cpu_solve.packed_weights(bb, dtype, rows)
+
+    def __call__(self, bb: nn.Module, x: Tensor, ttab: Tensor, sproj: Tensor) -> Tensor:
+        assert isinstance(bb, ResidualMLPBackbone)
+        return self.fn(x, ttab, sproj, self.weights(bb, x.shape[0]))
 
 
 class TracedSolve(nn.Module):

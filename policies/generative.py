@@ -14,7 +14,8 @@ With a backbone that has the sampler fast path (``nets.SamplerBackbone``, e.g. t
 are forward-mode JVPs computed beside the primal in the same pass; any other backbone falls back to autograd VJPs.
 
 No-grad samples go through the model's ``solve_backend`` first (``fast_solve``: TorchScript trace, CUDA graph,
-compiled step), which runs this same fixed-grid solve faster and gives way to the eager solve when it cannot.
+compiled step; on the CPU ``cpu_solve``), which runs this same fixed-grid solve faster and gives way to the
+eager solve when it cannot. ``bf16_sampler`` (off by default) runs the CPU trace in bfloat16: faster, not exact.
 """
 
 from __future__ import annotations
@@ -98,6 +99,15 @@ class GenerativeModel(nn.Module):
     @compile_sampler.setter
     def compile_sampler(self, on: bool) -> None:
         self.solve_backend.compile = bool(on)
+
+    @property
+    def bf16_sampler(self) -> bool:
+        """The traced CPU solve runs its network in bfloat16 (fp32 state; batch >= 8, CPUs with native bf16)."""
+        return self.solve_backend.bf16
+
+    @bf16_sampler.setter
+    def bf16_sampler(self, on: bool) -> None:
+        self.solve_backend.bf16 = bool(on)
 
     def config(self) -> dict[str, Any]:
         """Keyword arguments of ``make_generative_model`` that rebuild this model (JSON-serialisable)."""
