@@ -45,7 +45,9 @@ from genctl.datasets import (
     episode_split,
     load_transitions,
 )
+from genctl.datasets.camera_rows import camera_transitions, low_normalizer
 from genctl.datasets.obs_spec import ObsSpec
+from genctl.datasets.out_of_core import OutOfCoreBatcher
 from genctl.errors import ConfigError, DataError, GenctlError
 from genctl.fsutil import atomic_write_json, atomic_write_text
 from genctl.metrics import MetricsLogger
@@ -112,7 +114,9 @@ class Trainer(CheckpointMixin):
         self.train_episodes = np.asarray(train_eps, np.int64)
         self.obs_spec = ObsSpec.from_store(store, cfg.data.obs_keys) if cfg.data.obs_keys is not None else None
         store.select_obs(self.obs_spec)  # flat_obs (and so every array below) = what the policy observes
-        raw = load_transitions(store, episodes=train_eps)
+        ooc = self.out_of_core = cfg.data.cache_gb is not None  # pixels stay in the store; raw obs = low-dim part
+        raw = (camera_transitions(store, self.obs_spec, train_eps) if ooc
+               else load_transitions(store, episodes=train_eps))
         if len(raw["action"]) == 0:
             raise DataError(f"store {store.path}: no training transitions after the validation split")
         stats = store.attrs.get("stats") or {}
@@ -120,9 +124,10 @@ class Trainer(CheckpointMixin):
         self.act_norm = (Normalizer.from_stats(stats["action"], cfg.data.action_norm) if "action" in stats
                          else Normalizer.fit(raw["action"], cfg.data.action_norm))
         self.reward_scale = reward_scale(cfg, store)
+        obs_norm = low_normalizer(self.obs_norm, self.obs_spec) if ooc else self.obs_norm
         arrays = {
-            "obs": self.obs_norm.normalize(raw["obs"]),
-            "next_obs": self.obs_norm.normalize(raw["next_obs"]),
+            "obs": obs_norm.normalize(raw["obs"]),
+            "next_obs": obs_norm.normalize(raw["next_obs"]),
             "action": self.act_norm.normalize(raw["action"]),
             "reward": raw["reward"] * self.reward_scale + cfg.data.reward_shift,
             "terminal": raw["terminal"],
@@ -134,15 +139,17 @@ class Trainer(CheckpointMixin):
         windows = (build_windows(store, train_eps, self.obs_norm, self.act_norm, self.seq, self.device)
                    if self.seq.chunked else None)
         # one data stream per rank; windows (behaviour and policy stages of a chunked run) draw from it too
-        self.data = TransitionBatcher(arrays, cfg.policy.batch_size, device=self.device, seed=cfg.seed + 1,
-                                      rank=self.dist.rank, world_size=self.dist.world, windows=windows)
+        self.data = (OutOfCoreBatcher.for_run(cfg, arrays, raw, self.obs_spec, store, self.dist, self.device)
+                     if ooc else  # (config validation keeps chunked runs, windows, off the out-of-core path)
+                     TransitionBatcher(arrays, cfg.policy.batch_size, device=self.device, seed=cfg.seed + 1,
+                                       rank=self.dist.rank, world_size=self.dist.world, windows=windows))
         self.val_loss = ValidationLoss.maybe(store, self.val_episodes, self.obs_norm, self.act_norm, self.device,
-                                             cfg.seed, self.seq.chunked)
+                                             cfg.seed, self.seq.chunked, self.obs_spec if ooc else None)
         for what, bs in (("critic", cfg.critic.batch_size), ("policy", cfg.policy.batch_size)):
             if bs > self.data.n and (what == "policy" or cfg.critic.steps > 0):
                 log.warning("%s.batch_size %d is larger than the %d training transitions of %s: every batch "
                             "repeats samples (lower it, or collect more data)", what, bs, self.data.n, store.path)
-        self.obs_dim = arrays["obs"].shape[1]
+        self.obs_dim = self.obs_spec.dim if ooc else arrays["obs"].shape[1]
         self.action_dim = arrays["action"].shape[1]
 
     def _obs_normalizer(self, stats: dict[str, Any], obs: np.ndarray) -> Normalizer:
@@ -232,12 +239,16 @@ class Trainer(CheckpointMixin):
     def critic_diagnostics(self) -> dict[str, Any]:
         """Q on every training transition vs its Monte-Carlo return, and the advantage spread (critic.json)."""
         assert self.critic is not None
-        q, v = critic_values(self.critic, self.data.column("obs"), self.data.column("action"))
+        q, v = self._critic_values()
         g, valid = mc_targets(self.store, self.train_episodes, gamma=self.cfg.critic.gamma, scale=self.reward_scale,
                               shift=self.cfg.data.reward_shift, keep_last_untermed=self.store.has_next_obs())
         if len(g) != len(q):  # cannot align (should not happen): report the spread only
             g = valid = None
         return critic_report(q, v, g, valid)
+
+    def _critic_values(self) -> tuple[np.ndarray, np.ndarray]:  # out of core: 16384 rows of frames would be GBs
+        return critic_values(self.critic, self.data.column("obs"), self.data.column("action"),
+                             batch=1024 if self.out_of_core else 16384)
 
     def _report_critic(self) -> None:
         """critic.json (Q vs Monte-Carlo returns, advantage spread) and the advantage scale it fixes."""
@@ -252,7 +263,7 @@ class Trainer(CheckpointMixin):
         """Mean and spread of Q - V over the training transitions under the frozen critic (measured once)."""
         if self.adv_stats is None:
             assert self.critic is not None
-            q, v = critic_values(self.critic, self.data.column("obs"), self.data.column("action"))
+            q, v = self._critic_values()
             self.adv_stats = advantage_stats(q, v)
         return self.adv_stats
 

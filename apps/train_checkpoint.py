@@ -52,14 +52,28 @@ class CheckpointMixin:
             "ref_min_score": self.store.attrs.get("ref_min_score"),
             "ref_max_score": self.store.attrs.get("ref_max_score"),
             "store": str(Path(self.cfg.data.store).resolve()), "val_episodes": self.val_episodes,
-            "rng": rng_state(), "data_rng": self.data.state_dict()["generator"],
+            "rng": rng_state(), **self._data_meta(),
             "world_size": self.dist.world,
             "time": time.time(),
         }
 
+    def _data_state(self) -> Any:
+        """This rank's data stream: the generator state (in-memory batcher), or the whole schedule state (the
+        out-of-core loader also has its stream position)."""
+        state = self.data.state_dict()
+        return state["generator"] if len(state) == 1 else state
+
+    def _data_meta(self) -> dict[str, Any]:
+        state = self.data.state_dict()
+        extra = {k: v for k, v in state.items() if k != "generator"}
+        return {"data_rng": state["generator"], **({"data_state": extra} if extra else {})}
+
+    def _load_data_state(self, state: Any) -> None:
+        self.data.load_state_dict(state if isinstance(state, dict) else {"generator": state})
+
     def save(self) -> Path | None:
         """Checkpoint (rank 0 writes; every rank must call it: per-rank data streams are gathered)."""
-        ranks_rng = gather(self.data.state_dict()["generator"], self.dist)
+        ranks_rng = gather(self._data_state(), self.dist)
         nets = self.networks()
         divergence = replica_divergence(list(nets.values()), self.dist)
         if not self.dist.is_main:
@@ -95,11 +109,11 @@ class CheckpointMixin:
         self.critic_source = m.get("critic_from")
         set_rng_state(m["rng"])
         if not self.dist.enabled:
-            self.data.load_state_dict({"generator": m["data_rng"]})
+            self.data.load_state_dict({"generator": m["data_rng"], **(m.get("data_state") or {})})
             return
         ranks = m.get("data_rng_ranks") or []
         if m.get("world_size") == self.dist.world and len(ranks) == self.dist.world:
-            self.data.load_state_dict({"generator": ranks[self.dist.rank]})
+            self._load_data_state(ranks[self.dist.rank])
         else:  # different world size: a fresh, distinct stream per rank (exactness needs the same N)
             self.data.restart(offset=m["step"])
 

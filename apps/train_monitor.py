@@ -15,6 +15,8 @@ import torch
 
 from genctl.config import TrainConfig
 from genctl.datasets import EpisodeStore, Normalizer, load_transitions
+from genctl.datasets.camera_rows import sampled_rows
+from genctl.datasets.obs_spec import ObsSpec
 from genctl.run import latest_checkpoint
 
 log = logging.getLogger("genctl.train")
@@ -27,20 +29,25 @@ class ValidationLoss:
     curve moves only when the weights do, and reading it leaves the training RNG stream untouched)."""
 
     def __init__(self, store: EpisodeStore, episodes: list[int], obs_norm: Normalizer, act_norm: Normalizer,
-                 device: torch.device, seed: int):
-        raw = load_transitions(store, episodes=episodes)
-        take = np.random.default_rng(seed).permutation(len(raw["action"]))[:VAL_ROWS]
+                 device: torch.device, seed: int, spec: ObsSpec | None = None):
+        if spec is None:
+            raw = load_transitions(store, episodes=episodes)
+            take = np.random.default_rng(seed).permutation(len(raw["action"]))[:VAL_ROWS]
+            obs, action = raw["obs"][take], raw["action"][take]
+        else:  # out-of-core camera data (data.cache_gb): the same rows, but only their frames are read
+            obs, action = sampled_rows(store, spec, episodes, seed, VAL_ROWS)
         self.device = device
-        self.obs = torch.as_tensor(obs_norm.normalize(raw["obs"][take]), dtype=torch.float32, device=device)
-        self.action = torch.as_tensor(act_norm.normalize(raw["action"][take]), dtype=torch.float32, device=device)
+        self.obs = torch.as_tensor(obs_norm.normalize(obs), dtype=torch.float32, device=device)
+        self.action = torch.as_tensor(act_norm.normalize(action), dtype=torch.float32, device=device)
 
     @classmethod
     def maybe(cls, store: EpisodeStore, episodes: list[int], obs_norm: Normalizer, act_norm: Normalizer,
-              device: torch.device, seed: int, chunked: bool) -> ValidationLoss | None:
-        """None without validation episodes, or for chunked runs (their loss is over windows; not yet here)."""
+              device: torch.device, seed: int, chunked: bool, spec: ObsSpec | None = None) -> ValidationLoss | None:
+        """None without validation episodes, or for chunked runs (their loss is over windows; not yet here).
+        ``spec``: read the held-out frames row by row from the store (out-of-core runs)."""
         if not episodes or chunked:
             return None
-        return cls(store, episodes, obs_norm, act_norm, device, seed)
+        return cls(store, episodes, obs_norm, act_norm, device, seed, spec)
 
     @torch.no_grad()
     def __call__(self, model: torch.nn.Module) -> float:

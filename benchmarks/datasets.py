@@ -7,6 +7,13 @@ random batches/s of ``batch`` transitions from: the on-disk store (zarr ``oindex
 ``TransitionBatcher``, and plain numpy fancy indexing of the same five in-memory arrays (the reference).
 Goals: ingest < 5 s for 1M rows; TransitionBatcher >= 0.8x numpy.
 
+Out of core (``--only ooc``): a camera store (``--ooc-frames`` frames of ``--ooc-hw`` RGB, lz4 chunks) is made,
+and in the same run, alternated ``--reps`` times: batches/s of ``--ooc-batch`` transitions from the in-memory
+table (the reference) and from the out-of-core loader with a ``--ooc-cache-gb`` cache (the store's pages evicted
+from the page cache all along: reads come from the disk), a BC training step of a vision policy (small encoder)
+on a fixed batch, and the whole loop (sample + step) on each path. Goals: disk >= 0.5x memory; loader >= 2x the
+step. Also the memory each path holds, and the peak RSS after each is built.
+
 LeRobot: a v3.0 dataset written like LeRobot records it (AV1, episodes concatenated in one mp4 per camera) is
 ingested, and its frames/s (parquet + video decode + store write) is compared with a plain PyAV decode of the
 same mp4 files to RGB arrays in the same run. Goal: ingest >= 0.7x plain decode.
@@ -40,13 +47,23 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4096)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (numpy indexing is single-threaded)")
     ap.add_argument("--seconds", type=float, default=2.0, help="time per sampling measurement")
-    ap.add_argument("--only", choices=["all", "d4rl", "lerobot"], default="all")
+    ap.add_argument("--only", choices=["all", "d4rl", "lerobot", "ooc"], default="all")
+    ap.add_argument("--ooc-frames", type=int, default=6000, help="frames in the out-of-core camera store")
+    ap.add_argument("--ooc-hw", type=int, default=84, help="camera frame height = width")
+    ap.add_argument("--ooc-cache-gb", type=float, default=0.05, help="the out-of-core loader's data.cache_gb")
+    ap.add_argument("--ooc-batch", type=int, default=64)
     ap.add_argument("--lerobot-episodes", type=int, default=20)
     ap.add_argument("--lerobot-length", type=int, default=100, help="frames per episode")
     ap.add_argument("--lerobot-hw", type=int, default=96, help="camera frame height = width")
     ap.add_argument("--lerobot-cameras", type=int, default=2)
-    ap.add_argument("--reps", type=int, default=5, help="LeRobot ingest: alternated repetitions (paired median)")
+    ap.add_argument("--reps", type=int, default=5,
+                    help="alternated repetitions (paired median): LeRobot ingest, out of core")
     args = ap.parse_args()
+    if args.only == "ooc":
+        from datasets_ooc import ooc_rate
+
+        ooc_rate(args, rate)
+        return
     if args.only in ("all", "lerobot"):
         lerobot_rate(args)
     if args.only == "lerobot":
@@ -105,6 +122,10 @@ def main() -> None:
         print(f"  numpy fancy indexing, obs array only       {one:9.1f} batches/s   {one / ref:.2f}x")
         print(f"  in memory, TransitionBatcher.sample()      {mem:9.1f} batches/s   {mem / ref:.2f}x   (goal >= 0.8x)")
         print(f"  on disk, zarr oindex per key               {ondisk:9.1f} batches/s   {ondisk / ref:.4f}x")
+    if args.only == "all":
+        from datasets_ooc import ooc_rate
+
+        ooc_rate(args, rate)
 
 
 def lerobot_rate(args: argparse.Namespace) -> None:

@@ -46,6 +46,12 @@ class DataConfig(_Strict):
     n_action_steps: int | None = Field(
         None, ge=1, description="actions executed per policy call in closed loop (receding horizon); "
         "None = horizon; must be <= horizon")
+    cache_gb: float | None = Field(
+        None, gt=0, description="out-of-core camera data: keep at most this many GB (1e9 bytes) of decoded image "
+        "chunks in memory, all cameras together, and stream training batches from the store (background threads "
+        "decode chunk-aligned units and compose batches; docs/contracts.md); None = every frame in memory, as "
+        "float32 in the batch table (~8x the frames' size for obs and next obs). Needs image/ keys in obs_keys "
+        "and a single-step run (n_obs_steps=1, horizon=1)")
 
 
 class VisionConfig(_Strict):
@@ -154,6 +160,13 @@ class TrainConfig(_Strict):
         if d.n_action_steps is not None and d.n_action_steps > d.horizon:
             raise ValueError(f"data.n_action_steps={d.n_action_steps} must be <= data.horizon={d.horizon} "
                              "(a policy call predicts horizon actions; it cannot execute more than it predicts)")
+        if d.cache_gb is not None and not any(k.startswith("image/") for k in d.obs_keys or []):
+            raise ValueError("data.cache_gb streams camera frames from the store, but data.obs_keys names no image/ "
+                             "key (low-dim data is always held in memory): unset data.cache_gb")
+        if d.cache_gb is not None and (d.n_obs_steps > 1 or d.horizon > 1):
+            raise ValueError(f"data.cache_gb (out-of-core camera data) streams single transitions: it needs "
+                             f"data.n_obs_steps=1 and data.horizon=1 (got {d.n_obs_steps}, {d.horizon}); unset "
+                             "data.cache_gb to train windows from memory")
         return self
 
 
