@@ -84,6 +84,7 @@ class EvalOptions:
     select: str | None = None
     select_candidates: int | None = None
     temperature: float | None = None
+    bf16_sampler: bool | None = None
     device: str = "cpu"
     rerun: tuple[str, str | None] | None = None
     rerun_episodes: int | None = None
@@ -275,7 +276,8 @@ def evaluate(run: str | Path, options: EvalOptions | None = None, /, *, policy: 
     if dinfo.enabled and dev.type == "cuda":
         dev = torch.device("cuda", dinfo.local_rank)
     policy = policy or LoadedPolicy.from_run(run, device=str(dev))
-    policy.configure(select=opts.select, candidates=opts.select_candidates, temperature=opts.temperature)
+    policy.configure(select=opts.select, candidates=opts.select_candidates, temperature=opts.temperature,
+                     bf16_sampler=opts.bf16_sampler)
     s = _resolve(run, opts, policy, dinfo)
     loop = _EvalLoop(s, opts, policy, dinfo)
     try:

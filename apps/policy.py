@@ -162,8 +162,12 @@ class LoadedPolicy:
         return out.astype(np.float32)
 
     def configure(self, *, select: str | None = None, candidates: int | None = None,
-                  temperature: float | None = None) -> None:
-        """Override the run's deployment settings (eval.select / eval.candidates / eval.temperature)."""
+                  temperature: float | None = None, bf16_sampler: bool | None = None) -> None:
+        """Override the run's deployment settings (eval.select / eval.candidates / eval.temperature);
+        ``bf16_sampler``: the CPU sampler's network in bfloat16 at >= 8 rows per call (batched envs or
+        candidates) on CPUs with native bf16 — faster, ~1e-3 action error (benchmarks/policies.py)."""
+        if bf16_sampler is not None:
+            self.model.bf16_sampler = bool(bf16_sampler)
         if select is not None:
             if select not in ("sample", "q"):
                 raise GenctlError(f"select must be 'sample' or 'q', got {select!r}")
@@ -182,7 +186,7 @@ class LoadedPolicy:
 
     def deployment(self) -> dict[str, Any]:
         return {"select": self.select, "candidates": self.n_select if self.select == "q" else 1,
-                "temperature": self.temperature}
+                "temperature": self.temperature, "bf16_sampler": self.model.bf16_sampler}
 
     def _noise(self, rows: int, generator: torch.Generator | None) -> torch.Tensor | None:
         """Starting noise scaled by the temperature (None = the sampler's own standard normal)."""

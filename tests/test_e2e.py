@@ -69,7 +69,11 @@ def test_eval_select_q_and_deterministic(store: Path, tmp_path: Path) -> None:
             "-o", str(tmp_path / "q.json"), "--rerun", "save", str(rrd), "--frame-every", "0")
     assert "best-Q of 6" in r.stdout
     q = json.loads((tmp_path / "q.json").read_text())
-    assert (q["select"], q["candidates"], q["temperature"]) == ("q", 6, 1.0)
+    assert (q["select"], q["candidates"], q["temperature"], q["bf16_sampler"]) == ("q", 6, 1.0, False)
+    cli("eval", str(run), "--episodes", "2", "--envs", "2", "--max-episode-steps", "30", "--select", "q",
+        "--candidates", "8", "--bf16-sampler", "-o", str(tmp_path / "q16.json"), "--frame-every", "0")
+    q16 = json.loads((tmp_path / "q16.json").read_text())  # 2 envs x 8 candidates: 16 rows per sampler call
+    assert q16["bf16_sampler"] is True and len(q16["episodes"]) == 2
     from genctl.apps.viz import rrd_contents
 
     ents = rrd_contents(rrd)
