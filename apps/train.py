@@ -1,8 +1,7 @@
 """Training orchestration: critic -> the algorithm's stages (genctl.algos), each resumable from its last checkpoint.
 
-The algorithms in ``genctl.policies`` only do ``update(batch)`` and their specs in ``genctl.algos`` say which
-stages they need and how they are built; this module owns the loop, the data, the normaliser, EMA, metrics and
-the progress bar (checkpoints: ``train_checkpoint``).
+The algorithms in ``genctl.policies`` only do ``update(batch)``, their specs in ``genctl.algos`` say which stages
+they need; this module owns the loop, data, normaliser, EMA, metrics, progress (checkpoints: ``train_checkpoint``).
 """
 
 from __future__ import annotations
@@ -125,13 +124,14 @@ class Trainer(CheckpointMixin):
                          else Normalizer.fit(raw["action"], cfg.data.action_norm))
         self.reward_scale = reward_scale(cfg, store)
         obs_norm = low_normalizer(self.obs_norm, self.obs_spec) if ooc else self.obs_norm
-        arrays = {
-            "obs": obs_norm.normalize(raw["obs"]),
-            "next_obs": obs_norm.normalize(raw["next_obs"]),
-            "action": self.act_norm.normalize(raw["action"]),
-            "reward": raw["reward"] * self.reward_scale + cfg.data.reward_shift,
-            "terminal": raw["terminal"],
-        }
+        with np.errstate(invalid="ignore", over="ignore"):  # bad values get the clear error just below
+            arrays = {
+                "obs": obs_norm.normalize(raw["obs"]),
+                "next_obs": obs_norm.normalize(raw["next_obs"]),
+                "action": self.act_norm.normalize(raw["action"]),
+                "reward": raw["reward"] * self.reward_scale + cfg.data.reward_shift,
+                "terminal": raw["terminal"],
+            }
         for k, v in arrays.items():
             if not np.all(np.isfinite(v)):
                 raise DataError(f"store {store.path}: field {k!r} has NaN/Inf after normalisation")
