@@ -86,7 +86,8 @@ class OnnxPolicy:
                             "(['obs_history', 'noise'], ['actions'])")
 
     def deployment(self) -> dict[str, Any]:
-        return {"select": self.select, "candidates": self.n_select, "temperature": self.temperature}
+        return {"select": self.select, "candidates": self.n_select, "temperature": self.temperature,
+                "bf16_sampler": False}  # the exported graph runs in fp32
 
     def configure(self, *, select: str | None = None, candidates: int | None = None,
                   temperature: float | None = None) -> None:

@@ -126,7 +126,7 @@ def test_q_selection_and_deterministic_sampling(tmp_path: Path) -> None:
     d1 = pol.act(obs, generator=torch.Generator().manual_seed(0))
     d2 = pol.act(obs, generator=torch.Generator().manual_seed(5))
     assert np.array_equal(d1, d2)
-    assert pol.deployment() == {"select": "sample", "candidates": 1, "temperature": 0.0}
+    assert pol.deployment() == {"select": "sample", "candidates": 1, "temperature": 0.0, "bf16_sampler": False}
 
 
 def test_critic_from_run_is_reused_not_retrained(tmp_path: Path) -> None:
