@@ -15,7 +15,7 @@ import numpy as np
 
 from genctl.datasets.frame_reader import FrameReader
 from genctl.datasets.normalizer import Normalizer
-from genctl.datasets.obs_spec import ObsSpec, key_ranges, parse_key, take_columns
+from genctl.datasets.obs_spec import ObsSpec
 from genctl.datasets.store import EpisodeStore
 
 
@@ -23,13 +23,8 @@ def _low(store: EpisodeStore, spec: ObsSpec, episodes: np.ndarray, n: int, next:
     """The selected low-dim values (whole keys or their slices, ``obs/observation[0:3,9:11]``) of the rows."""
     if not spec.low_keys:
         return np.zeros((n, 0), np.float32)
-    bases = [("next_" if next else "") + parse_key(k)[0] for k in spec.low_keys]
-    data = store.load(bases, episodes)
-    parts = []
-    for key, base in zip(spec.low_keys, bases, strict=True):
-        x = data[base].reshape(n, -1)
-        parts.append(take_columns(x, key_ranges(key, x.shape[1])))
-    return np.ascontiguousarray(np.concatenate(parts, axis=1), np.float32)
+    data = store.load(spec.store_low_keys(next), episodes)
+    return np.ascontiguousarray(spec.low_from_fields(data, n, next), np.float32)
 
 
 def camera_transitions(store: EpisodeStore, spec: ObsSpec, episodes: Any = None) -> dict[str, np.ndarray]:

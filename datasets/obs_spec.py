@@ -175,9 +175,19 @@ class ObsSpec:
         if env_obs.shape[-1] != self.env_obs_dim:
             raise DataError(f"observation has {env_obs.shape[-1]} values, expected {self.env_obs_dim} (the env the "
                             "policy was trained on)")
-        if self.env_slices == ((0, self.env_obs_dim),):
-            return env_obs
-        return np.concatenate([env_obs[..., a:b] for a, b in self.env_slices], axis=-1)
+        return take_columns(env_obs, self.env_slices)
+
+    def store_low_keys(self, next: bool = False) -> list[str]:
+        """The store fields the low-dim part is read from (``next_obs/...`` with ``next``), one per low key."""
+        return [("next_" if next else "") + parse_key(k)[0] for k in self.low_keys]
+
+    def low_from_fields(self, data: dict[str, np.ndarray], n: int, next: bool = False) -> np.ndarray:
+        """(n, low_dim): the selected values (whole keys or their slices) of ``data[store_low_keys(next)]``."""
+        parts = []
+        for key, base in zip(self.low_keys, self.store_low_keys(next), strict=True):
+            x = data[base].reshape(n, -1)
+            parts.append(take_columns(x, key_ranges(key, x.shape[1])))
+        return np.concatenate(parts, axis=1) if parts else np.zeros((n, 0), np.float32)
 
     def compose(self, low: np.ndarray, images: dict[str, np.ndarray] | None = None) -> np.ndarray:
         """(B, low_dim) float + {key: (B, H, W, C) uint8} -> (B, dim) float32 (pixels as 0..255 floats)."""

@@ -216,17 +216,11 @@ class EpisodeStore:
         return nxt, last
 
     def _selected_obs(self, next: bool, episodes: Any) -> np.ndarray:
-        from genctl.datasets.obs_spec import key_ranges, parse_key, take_columns
-
         spec = self._obs_spec
-        bases = [("next_" if next else "") + parse_key(k)[0] for k in spec.low_keys]
+        bases = spec.store_low_keys(next)
         data = self.load(bases + [c.key for c in spec.cameras], episodes)
         n = len(data[bases[0]]) if bases else len(data[spec.cameras[0].key])
-        parts = []
-        for k, base in zip(spec.low_keys, bases, strict=True):
-            x = data[base].reshape(n, -1)
-            parts.append(take_columns(x, key_ranges(k, x.shape[1])))
-        low = np.concatenate(parts, axis=1) if parts else np.zeros((n, 0), np.float32)
+        low = spec.low_from_fields(data, n, next)
         images = {c.key: data[c.key] for c in spec.cameras}
         if next and images:
             nxt, _ = self.successor_rows(episodes)
