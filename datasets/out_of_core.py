@@ -40,6 +40,7 @@ import numpy as np
 from genctl.datasets.chunk_schedule import ChunkSchedule, Draw, ScheduleState
 from genctl.datasets.frame_reader import FrameReader
 from genctl.datasets.obs_spec import ObsSpec
+from genctl.datasets.samplers import rank_stream_seed
 from genctl.errors import ConfigError, DataError
 
 log = logging.getLogger("genctl.data")
@@ -173,7 +174,7 @@ class OutOfCoreBatcher:
 
     # ------------------------------------------------------------------ seeds and state
     def _rng_seed(self, offset: int) -> int:
-        return self.seed + 7919 * self.rank + int(offset)
+        return rank_stream_seed(self.seed, self.rank, offset)
 
     def _stream_seed(self, offset: int) -> int:
         return self._rng_seed(offset) + 104729  # the unit stream: its own seed, independent of the draws

@@ -17,6 +17,11 @@ from genctl.errors import DataError
 TRANSITION_KEYS = ("obs", "action", "reward", "next_obs", "terminal")
 
 
+def rank_stream_seed(seed: int, rank: int, offset: int = 0) -> int:
+    """The seed of data-parallel rank ``rank``'s batch stream: distinct per rank and per restart ``offset``."""
+    return int(seed) + 7919 * int(rank) + int(offset)
+
+
 def episode_split(n_episodes: int, val_frac: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Random split by whole episodes (no window straddles train and val). At least one episode stays in
     train; at least one goes to val when ``val_frac > 0`` and there are two or more episodes."""
@@ -100,7 +105,7 @@ class TransitionBatcher:
 
     def restart(self, offset: int = 0) -> None:
         """(Re)seed this rank's stream: ``seed + 7919 * rank + offset``."""
-        self.generator.manual_seed(self.seed + 7919 * self.rank + int(offset))
+        self.generator.manual_seed(rank_stream_seed(self.seed, self.rank, offset))
 
     def _indices(self, n: int, batch_size: int) -> Any:
         import torch
