@@ -7,7 +7,6 @@ they need; this module owns the loop, data, normaliser, EMA, metrics, progress (
 from __future__ import annotations
 
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from genctl.apps.distributed import (
     resolve_device,
     sync_gradients,
 )
+from genctl.apps.lr_schedule import cosine_factor, set_lr
 from genctl.apps.train_checkpoint import CheckpointMixin
 from genctl.apps.train_monitor import NonFinite, ValidationLoss, periodic_eval
 from genctl.config import TrainConfig, dump_yaml, load_saved_config
@@ -219,22 +219,21 @@ class Trainer(CheckpointMixin):
         sync = self.device.type != "cuda"
         if stage == "critic":
             assert self.critic is not None
-            self._critic_lr()
             return self.critic.update(batch, sync=sync)
         metrics = self.updates[stage].update(batch, sync=sync)
         if stage == "policy" and self.ema is not None:
             self.ema.update(self.policy)
         return metrics
 
-    def _critic_lr(self) -> None:
-        c = self.cfg.critic
-        if c.lr_schedule == "constant":
-            return
-        frac = min(self.stage_step / max(c.steps, 1), 1.0)
-        lr = c.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * frac)))  # cosine from lr to lr / 10
-        for opt in self.critic.optimizers().values():
-            for g in opt.param_groups:
-                g["lr"] = lr
+    def _stage_lr(self, stage: str, total: int) -> None:
+        # critic: cosine to lr/10 (Q settles); policy stages with lr_schedule=cosine: to 0, as IQL's actor
+        if stage == "critic":
+            if self.critic is not None and self.cfg.critic.lr_schedule == "cosine":
+                lr = self.cfg.critic.lr * cosine_factor(self.stage_step, total, 0.1)
+                set_lr(self.critic.optimizers().values(), lr)
+        elif self.cfg.policy.lr_schedule == "cosine":
+            update = self.updates[stage]
+            set_lr(update.optimizers().values(), update.lr * cosine_factor(self.stage_step, total, 0.0))
 
     def critic_diagnostics(self) -> dict[str, Any]:
         """Q on every training transition vs its Monte-Carlo return, and the advantage spread (critic.json)."""
@@ -284,6 +283,7 @@ class Trainer(CheckpointMixin):
                 t0, n0 = time.perf_counter(), self.stage_step
                 nonfinite = NonFinite()
                 while self.stage_step < total:
+                    self._stage_lr(stage, total)
                     metrics = self._update(stage, self.data.sample(bs, windows=stage != "critic"))
                     self.stage_step += 1
                     self.global_step += 1

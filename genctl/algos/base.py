@@ -28,6 +28,11 @@ class PolicyBase(StrictModel):
     lr: float = 1e-4
     grad_clip: float | None = Field(None, description="max grad norm; None = no clipping (reference)")
     ema_decay: float | None = Field(0.995, description="EMA of policy weights used for eval; None = off")
+    # constant by default: cosine-to-0 (IQL's actor schedule) was measured on hopper medium_replay at the 12000-step
+    # budget and lifted neither BC nor GMPO, nor steadied GMPO's seeds, and cost the demo 3 points (results §3g)
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="constant (the reference) or cosine: the lr decays to 0 over each policy stage, as "
+        "IQL's actor (measured, not better on hopper medium_replay: docs/results.md §3g)")
 
     def resolved_beta(self) -> float | None:
         """The beta the algorithm trains with (None: the algorithm has no beta)."""
