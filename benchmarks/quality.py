@@ -247,7 +247,8 @@ def main() -> None:
     for a in PER_ALGO:
         ap.add_argument(f"--{a}", nargs="*", default=[], metavar="K=V", help=f"overrides for {a} only")
     ap.add_argument("--metric", choices=["auto", "success_rate", "normalized_score"], default="auto",
-                    help="table metric; auto = normalized_score with --ingest (D4RL data), else success_rate")
+                    help="table metric; auto = normalized_score when every run's eval has one (D4RL-style data "
+                    "with reference scores), else success_rate")
     ap.add_argument("--modes", default="", help=f"extra deployment modes evaluated on each trained run, "
                     f"comma-separated from {sorted(EVAL_MODES)} (rows algo+mode; bc skips the q modes)")
     ap.add_argument("--own-critic", action="store_true",
@@ -281,8 +282,9 @@ def main() -> None:
                 errors.append(f"{a}-s{s}: {e}")
                 print(f"  FAILED {a}-s{s}: {e}", flush=True)
     metric = args.metric
-    if metric == "auto":
-        metric = "normalized_score" if args.ingest else "success_rate"
+    if metric == "auto":  # from the results, so --store of an ingested D4RL set reports scores too
+        scored = results and all(r.get("normalized_score") is not None for r in results)
+        metric = "normalized_score" if scored else "success_rate"
     rows = [a for a in algos] + [f"{a}+{m}" for a in algos for m in args.modes]
     md = behaviour_line(store, metric) + "\n" + critic_line(out, seeds) + "\n\n" + table(results, rows, seeds, metric)
     print()
