@@ -5,7 +5,11 @@
         --episodes 300 --out outputs/quality/umaze --seeds 0,1,2 --eval-episodes 30 --eval-envs 4
     # Hopper: ingest the D4RL-format file, report D4RL-normalised scores
     .venv/bin/python benchmarks/quality.py --ingest /work/shared/data/hopper_v5_mixed.hdf5 \
-        --out outputs/quality/hopper --seeds 0,1,2 --eval-episodes 10 --set data.reward_scale=return_range
+        --out outputs/quality/hopper --seeds 0,1,2 --eval-episodes 30 --set data.reward_scale=return_range
+
+On Hopper keep 30 episodes: a GMPO policy's episodes either fall early or run long (per-episode std ~22 D4RL
+points), so 10 episodes leave a standard error of ~7 — one run read 41.0 on 10 episodes and 24.0 on 30 fresh ones
+(docs/results.md §3g).
 
 Every stage is the ``genctl`` CLI in a subprocess (``genctl collect`` / ``genctl ingest``, ``genctl train``,
 ``genctl eval``), at most ``--parallel`` runs at once, each with ``threads=1``. Common training overrides come
