@@ -73,7 +73,7 @@ class LoadedPolicy:
             c = m["config"]["critic"]
             self.critic = IQLCritic(self.obs_dim, self.action_dim, hidden=tuple(c["hidden"]),
                                     expectile=c["expectile"], gamma=c["gamma"], tau=c["tau"], lr=c["lr"],
-                                    obs_encoder=m.get("critic_encoder"))
+                                    obs_encoder=m.get("critic_encoder"), ensemble=c.get("ensemble", 1))
             load_module(self.critic, ck.group("critic"), f"checkpoint {ck.path} (critic)")
             self.critic.to(self.device).eval()
         self._field = "obs_spec"  # data.obs_keys: which keys (and cameras) the policy sees; None = the env's obs

@@ -188,7 +188,7 @@ class Trainer(CheckpointMixin):
         if cfg.has_critic:
             c = cfg.critic
             self.critic = IQLCritic(self.obs_dim, self.action_dim, hidden=tuple(c.hidden), expectile=c.expectile,
-                                    gamma=c.gamma, tau=c.tau, lr=c.lr, amp=c.amp,
+                                    gamma=c.gamma, tau=c.tau, lr=c.lr, amp=c.amp, ensemble=c.ensemble,
                                     obs_encoder=self.encoder_config(1)).to(self.device)
             if c.from_run and self.fresh:
                 self._load_critic(Path(c.from_run))

@@ -138,8 +138,8 @@ class CheckpointMixin:
             if not same:
                 raise ConfigError(f"critic.from_run={src}: trained with {key}={got!r}, this run has {want!r}")
         theirs = m["config"].get("critic", {})
-        for key in ("hidden", "gamma", "expectile"):
-            if theirs.get(key) != getattr(self.cfg.critic, key):
+        for key in ("hidden", "gamma", "expectile", "ensemble"):
+            if theirs.get(key, 1 if key == "ensemble" else None) != getattr(self.cfg.critic, key):
                 raise ConfigError(f"critic.from_run={src}: trained with critic.{key}={theirs.get(key)!r}, this run "
                                   f"has {getattr(self.cfg.critic, key)!r} (set it to match)")
         load_module(self.critic, ck.group("critic"), f"checkpoint {path} (critic)")

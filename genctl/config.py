@@ -89,6 +89,9 @@ class CriticConfig(_Strict):
     lr: float = 1e-3
     lr_schedule: Literal["constant", "cosine"] = Field(
         "cosine", description="cosine: lr decays to lr/10 over the critic steps (Q settles instead of jittering)")
+    ensemble: int = Field(1, ge=1, le=16, description="independently initialised IQL critics (each twin Q + V) "
+                          "trained side by side; Q and V are their means. More members, less dependence of the "
+                          "advantage on one critic's initialisation; cost grows ~linearly")
     expectile: float = Field(0.7, gt=0.0, lt=1.0)
     gamma: float = Field(0.99, gt=0.0, le=1.0)
     tau: float = Field(0.05, gt=0.0, le=1.0, description="Polyak rate of the target Q (reference: 0.005)")

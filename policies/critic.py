@@ -4,6 +4,12 @@ Per batch (order as in the reference): V step on u = min Q_target(s, a) - V(s) w
 V(s') for the TD target is computed *before* the V update; then the Q step on y = r + gamma (1 - d) V(s');
 then the Polyak update of the target Q. Twin Q networks are one batched ``EnsembleMLP`` (a single bmm per
 layer for both members).
+
+``ensemble=K`` trains K such critics side by side, each from its own initialisation (twin Q + V, its own TD
+targets from its own V; one bmm per layer for all 2K Q nets and one for the K V nets), and reads
+Q = mean_k min(Q_k1, Q_k2), V = mean_k V_k. Why: on hopper medium_replay which of three critic seeds a GMPO run
+got decided its score (docs/results.md §3g) — averaging independently initialised critics removes most of that
+initialisation lottery from the advantage.
 """
 
 from __future__ import annotations
@@ -33,11 +39,14 @@ class IQLCritic(nn.Module):
 
     def __init__(self, obs_dim: int, action_dim: int, *, hidden: Sequence[int] = (256, 256),
                  expectile: float = 0.7, gamma: float = 0.99, tau: float = 0.005, lr: float = 3e-4,
-                 amp: bool = False, obs_encoder: dict[str, Any] | None = None):
+                 amp: bool = False, obs_encoder: dict[str, Any] | None = None, ensemble: int = 1):
         super().__init__()
         self.amp = bool(amp)
         if not 0.0 < expectile < 1.0:
             raise ValueError(f"expectile must lie in (0, 1), got {expectile}")
+        if ensemble < 1:
+            raise ValueError(f"ensemble must be >= 1, got {ensemble}")
+        self.ensemble = int(ensemble)
         self.obs_dim, self.action_dim = obs_dim, action_dim
         self.expectile, self.gamma, self.tau = float(expectile), float(gamma), float(tau)
         # Observations with cameras: the critic's own image encoder (not the policy's). Q's TD loss trains it; V and
@@ -50,11 +59,13 @@ class IQLCritic(nn.Module):
 
             self.encoder = FlatObsEncoder(**obs_encoder)
             feat_dim = self.encoder.out_dim
-        self.q_net = EnsembleMLP(action_dim + feat_dim, hidden, 1, ensemble=2)
-        self.q_target = EnsembleMLP(action_dim + feat_dim, hidden, 1, ensemble=2)
+        self.q_net = EnsembleMLP(action_dim + feat_dim, hidden, 1, ensemble=2 * self.ensemble)
+        self.q_target = EnsembleMLP(action_dim + feat_dim, hidden, 1, ensemble=2 * self.ensemble)
         self.q_target.load_state_dict(self.q_net.state_dict())
         self.q_target.requires_grad_(False)
-        self.v_net = mlp(feat_dim, hidden, 1)
+        # one critic keeps the plain MLP (and with it every saved checkpoint's parameter names)
+        self.v_net = mlp(feat_dim, hidden, 1) if self.ensemble == 1 else EnsembleMLP(feat_dim, hidden, 1,
+                                                                                   ensemble=self.ensemble)
         q_params = list(self.q_net.parameters()) + (list(self.encoder.parameters()) if self.encoder else [])
         self._opts = {"q": make_adam(q_params, lr), "v": make_adam(self.v_net.parameters(), lr)}
 
@@ -63,17 +74,28 @@ class IQLCritic(nn.Module):
         return obs if self.encoder is None else self.encoder(obs, train)
 
     def q_both(self, obs: Tensor, act: Tensor, *, target: bool = False, feats: Tensor | None = None) -> Tensor:
-        """Both online (or target) Q values, (2, B)."""
+        """Every online (or target) Q value, (2K, B): members k's twins are rows 2k and 2k + 1."""
         net = self.q_target if target else self.q_net
         f = self.features(obs) if feats is None else feats
         return net(torch.cat([act, f.to(act.dtype)], dim=-1)).squeeze(-1).float()
 
+    def q_members(self, obs: Tensor, act: Tensor, *, target: bool = False, feats: Tensor | None = None) -> Tensor:
+        """min of each member's twins, (K, B)."""
+        q = self.q_both(obs, act, target=target, feats=feats)
+        return q.view(self.ensemble, 2, *q.shape[1:]).amin(1)
+
     def q(self, obs: Tensor, act: Tensor) -> Tensor:
-        """min of the twin *online* Q networks (what GMPO's weights and GMPG's objective use), (B,)."""
-        return self.q_both(obs, act).amin(0)
+        """min of the twin *online* Q networks (what GMPO's weights and GMPG's objective use), averaged over the
+        ensemble's members, (B,)."""
+        return self.q_members(obs, act).mean(0)
+
+    def v_members(self, obs: Tensor, feats: Tensor | None = None) -> Tensor:
+        """Each member's V, (K, B)."""
+        v = self.v_net(self.features(obs) if feats is None else feats).squeeze(-1).float()
+        return v.unsqueeze(0) if self.ensemble == 1 else v
 
     def v(self, obs: Tensor, feats: Tensor | None = None) -> Tensor:
-        return self.v_net(self.features(obs) if feats is None else feats).squeeze(-1).float()
+        return self.v_members(obs, feats).mean(0)
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return dict(self._opts)
@@ -85,24 +107,26 @@ class IQLCritic(nn.Module):
         feats = None if self.encoder is None else self.features(obs, train=True)  # random crops: augmentation
         fixed = None if feats is None else feats.detach()
         with torch.no_grad(), bf16_autocast(obs.device.type, self.amp):
-            q_t = self.q_both(obs, act, target=True, feats=fixed).amin(0)
-            next_v = self.v(next_obs, None if feats is None else self.features(next_obs, train=True))
+            q_t = self.q_members(obs, act, target=True, feats=fixed)  # (K, B): each member its own targets
+            next_v = self.v_members(next_obs, None if feats is None else self.features(next_obs, train=True))
         with bf16_autocast(obs.device.type, self.amp):
-            v = self.v(obs, fixed)
-        v_loss = expectile_loss(q_t - v, self.expectile)
+            v = self.v_members(obs, fixed)
+        v_loss = expectile_loss(q_t - v, self.expectile) * self.ensemble  # a sum over members: each one's
+        # gradient is what it would be alone
         self._opts["v"].zero_grad(set_to_none=True)
         v_loss.backward()
         self._opts["v"].step()
 
-        y = reward + self.gamma * (1.0 - terminal) * next_v
+        y = (reward + self.gamma * (1.0 - terminal) * next_v).repeat_interleave(2, dim=0)  # (2K, B)
         with bf16_autocast(obs.device.type, self.amp):
             q = self.q_both(obs, act, feats=feats)
-        q_loss = 0.5 * (q - y).square().mean(1).sum()  # 1/2 (MSE(Q1, y) + MSE(Q2, y))
+        q_loss = 0.5 * (q - y).square().mean(1).sum()  # sum over members of 1/2 (MSE(Q1, y) + MSE(Q2, y))
         self._opts["q"].zero_grad(set_to_none=True)
         q_loss.backward()
         self._opts["q"].step()
         self.polyak()
-        return metrics_out({"q_loss": q_loss, "v_loss": v_loss, "q_mean": q.detach().mean(),
+        k = self.ensemble  # losses reported per member, comparable across ensemble sizes
+        return metrics_out({"q_loss": q_loss / k, "v_loss": v_loss / k, "q_mean": q.detach().mean(),
                             "v_mean": v.detach().mean()}, sync)
 
     @torch.no_grad()
