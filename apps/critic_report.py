@@ -67,13 +67,21 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
 
 @torch.no_grad()
 def critic_values(critic: Any, obs: torch.Tensor, act: torch.Tensor, batch: int = 16384
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    qs, vs = [], []
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Q and V of every row, and for an ensemble critic each member's advantage Q_k - V_k, (K, N) (else None)."""
+    qs, vs, members = [], [], []
+    k = getattr(critic, "ensemble", 1)
     for i in range(0, len(obs), batch):
         o, a = obs[i:i + batch], act[i:i + batch]
-        qs.append(critic.q(o, a).double().cpu().numpy())
-        vs.append(critic.v(o).double().cpu().numpy())
-    return np.concatenate(qs), np.concatenate(vs)
+        if k > 1:
+            qk, vk = critic.q_members(o, a), critic.v_members(o)
+            qs.append(qk.mean(0).double().cpu().numpy())
+            vs.append(vk.mean(0).double().cpu().numpy())
+            members.append((qk - vk).double().cpu().numpy())
+        else:
+            qs.append(critic.q(o, a).double().cpu().numpy())
+            vs.append(critic.v(o).double().cpu().numpy())
+    return np.concatenate(qs), np.concatenate(vs), np.concatenate(members, axis=1) if members else None
 
 
 def advantage_stats(q: np.ndarray, v: np.ndarray) -> dict[str, float]:
@@ -83,17 +91,26 @@ def advantage_stats(q: np.ndarray, v: np.ndarray) -> dict[str, float]:
             "p90": float(p[2]), "frac_positive": float((a > 0).mean())}
 
 
-def critic_report(q: np.ndarray, v: np.ndarray, g: np.ndarray | None, valid: np.ndarray | None
-                  ) -> dict[str, Any]:
+def critic_report(q: np.ndarray, v: np.ndarray, g: np.ndarray | None, valid: np.ndarray | None,
+                  members: np.ndarray | None = None) -> dict[str, Any]:
     rep: dict[str, Any] = {"n": int(len(q)), "q_mean": float(q.mean()), "v_mean": float(v.mean()),
                            "advantage": advantage_stats(q, v)}
-    if g is not None and valid is not None and valid.sum() >= 3:
+    mc = g is not None and valid is not None and valid.sum() >= 3
+    if mc:
         qv, vv, gv = q[valid], v[valid], g[valid]
         rep.update(n_mc=int(valid.sum()), mc_mean=float(gv.mean()),
                    q_mc_pearson=_corr(qv, gv), q_mc_spearman=_corr(_rank(qv), _rank(gv)),
                    v_mc_pearson=_corr(vv, gv),
                    # does Q rank the actions *at a state*? A = Q - V against the Monte-Carlo advantage G - V
                    adv_mc_pearson=_corr(qv - vv, gv - vv))
+    if members is not None:  # how much do independently initialised critics agree on the advantage?
+        k = len(members)
+        pairs = [_corr(members[i], members[j]) for i in range(k) for j in range(i + 1, k)]
+        ens: dict[str, Any] = {"members": k, "adv_pairwise_pearson": float(np.mean(pairs)),
+                               "member_adv_std": [float(m.std()) for m in members]}
+        if mc:
+            ens["member_adv_mc_pearson"] = [_corr(m[valid], g[valid] - v[valid]) for m in members]
+        rep["ensemble"] = ens
     return rep
 
 
@@ -104,4 +121,7 @@ def format_critic_report(rep: dict[str, Any]) -> str:
     if "q_mc_pearson" in rep:
         line += (f"; corr(Q, MC return) {rep['q_mc_pearson']:.3f} (Spearman {rep['q_mc_spearman']:.3f}), "
                  f"corr(A, MC advantage) {rep['adv_mc_pearson']:.3f}, MC mean {rep['mc_mean']:.3g}")
+    if "ensemble" in rep:
+        e = rep["ensemble"]
+        line += f"; {e['members']} members, their advantages correlate {e['adv_pairwise_pearson']:.2f} pairwise"
     return line

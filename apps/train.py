@@ -238,14 +238,14 @@ class Trainer(CheckpointMixin):
     def critic_diagnostics(self) -> dict[str, Any]:
         """Q on every training transition vs its Monte-Carlo return, and the advantage spread (critic.json)."""
         assert self.critic is not None
-        q, v = self._critic_values()
+        q, v, members = self._critic_values()
         g, valid = mc_targets(self.store, self.train_episodes, gamma=self.cfg.critic.gamma, scale=self.reward_scale,
                               shift=self.cfg.data.reward_shift, keep_last_untermed=self.store.has_next_obs())
         if len(g) != len(q):  # cannot align (should not happen): report the spread only
             g = valid = None
-        return critic_report(q, v, g, valid)
+        return critic_report(q, v, g, valid, members)
 
-    def _critic_values(self) -> tuple[np.ndarray, np.ndarray]:  # out of core: 16384 rows of frames would be GBs
+    def _critic_values(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:  # out of core: small batches
         return critic_values(self.critic, self.data.column("obs"), self.data.column("action"),
                              batch=1024 if self.out_of_core else 16384)
 
@@ -262,7 +262,7 @@ class Trainer(CheckpointMixin):
         """Mean and spread of Q - V over the training transitions under the frozen critic (measured once)."""
         if self.adv_stats is None:
             assert self.critic is not None
-            q, v = self._critic_values()
+            q, v, _ = self._critic_values()
             self.adv_stats = advantage_stats(q, v)
         return self.adv_stats
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,8 @@ def test_ensemble_critic_through_train_load_and_from_run(tmp_path: Path) -> None
     src = train(build_config(TrainConfig, overrides=[*base, "name=ens", "policy.steps=0", "critic.ensemble=3"]),
                 progress=False)
     critic = LoadedPolicy.from_run(src).critic
+    ens = json.loads((src / "critic.json").read_text())["ensemble"]  # do the members agree on the advantage?
+    assert ens["members"] == 3 and -1 <= ens["adv_pairwise_pearson"] <= 1 and len(ens["member_adv_mc_pearson"]) == 3
     assert critic is not None and critic.ensemble == 3 and critic.q_net.weights[0].shape[0] == 6
     run = train(build_config(TrainConfig, overrides=[*base, "name=gmpo", "policy.steps=10", "critic.ensemble=3",
                                                      f"critic.from_run={src}"]), progress=False)
