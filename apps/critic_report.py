@@ -70,18 +70,13 @@ def critic_values(critic: Any, obs: torch.Tensor, act: torch.Tensor, batch: int 
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Q and V of every row, and for an ensemble critic each member's advantage Q_k - V_k, (K, N) (else None)."""
     qs, vs, members = [], [], []
-    k = getattr(critic, "ensemble", 1)
     for i in range(0, len(obs), batch):
         o, a = obs[i:i + batch], act[i:i + batch]
-        if k > 1:
-            qk, vk = critic.q_members(o, a), critic.v_members(o)
-            qs.append(qk.mean(0).double().cpu().numpy())
-            vs.append(vk.mean(0).double().cpu().numpy())
-            members.append((qk - vk).double().cpu().numpy())
-        else:
-            qs.append(critic.q(o, a).double().cpu().numpy())
-            vs.append(critic.v(o).double().cpu().numpy())
-    return np.concatenate(qs), np.concatenate(vs), np.concatenate(members, axis=1) if members else None
+        qk, vk = critic.q_members(o, a), critic.v_members(o)  # (K, B) each; a plain critic is K = 1
+        qs.append(qk.mean(0).double().cpu().numpy())
+        vs.append(vk.mean(0).double().cpu().numpy())
+        members.append((qk - vk).double().cpu().numpy())
+    return np.concatenate(qs), np.concatenate(vs), np.concatenate(members, axis=1) if critic.ensemble > 1 else None
 
 
 def advantage_stats(q: np.ndarray, v: np.ndarray) -> dict[str, float]:

@@ -13,6 +13,7 @@ import torch
 
 from genctl.algos import stage_plan
 from genctl.apps.distributed import barrier, gather, replica_divergence
+from genctl.config import CriticConfig
 from genctl.errors import ConfigError, DataError, GenctlError
 from genctl.run import Checkpoint, latest_checkpoint, load_module, save_checkpoint
 from genctl.seeding import rng_state, set_rng_state
@@ -139,8 +140,9 @@ class CheckpointMixin:
                 raise ConfigError(f"critic.from_run={src}: trained with {key}={got!r}, this run has {want!r}")
         theirs = m["config"].get("critic", {})
         for key in ("hidden", "gamma", "expectile", "ensemble"):
-            if theirs.get(key, 1 if key == "ensemble" else None) != getattr(self.cfg.critic, key):
-                raise ConfigError(f"critic.from_run={src}: trained with critic.{key}={theirs.get(key)!r}, this run "
+            got = theirs.get(key, CriticConfig.model_fields[key].get_default(call_default_factory=True))  # newer: default
+            if got != getattr(self.cfg.critic, key):
+                raise ConfigError(f"critic.from_run={src}: trained with critic.{key}={got!r}, this run "
                                   f"has {getattr(self.cfg.critic, key)!r} (set it to match)")
         load_module(self.critic, ck.group("critic"), f"checkpoint {path} (critic)")
         self.critic_source = str(path.resolve())
