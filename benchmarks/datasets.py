@@ -53,6 +53,10 @@ def main() -> None:
     ap.add_argument("--ooc-hw", type=int, default=84, help="camera frame height = width")
     ap.add_argument("--ooc-cache-gb", type=float, default=0.05, help="the out-of-core loader's data.cache_gb")
     ap.add_argument("--ooc-batch", type=int, default=64)
+    ap.add_argument("--ooc-device", default="cpu", help="where the out-of-core section's training step runs (cuda: "
+                    "the loader feeds a GPU step; the in-memory reference table then lives on the GPU)")
+    ap.add_argument("--ooc-encoder", default="small", choices=["small", "resnet18"],
+                    help="the out-of-core section's vision encoder (model.vision.encoder)")
     ap.add_argument("--lerobot-episodes", type=int, default=20)
     ap.add_argument("--lerobot-length", type=int, default=100, help="frames per episode")
     ap.add_argument("--lerobot-hw", type=int, default=96, help="camera frame height = width")

@@ -75,17 +75,24 @@ def ooc_rate(args: argparse.Namespace, rate: Callable[..., float]) -> None:
     from genctl.apps.train import Trainer
     from genctl.config import TrainConfig, build_config
 
-    b, hw = args.ooc_batch, args.ooc_hw
+    b, hw, device = args.ooc_batch, args.ooc_hw, args.ooc_device
+    # A CUDA step returns before its kernels ran: synchronise after each call, or the rates count launches.
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+    def synced(fn: Callable[[], object]) -> Callable[[], None]:
+        return lambda: (fn(), sync())[1]
+
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(tmp) / "cam.zarr"
         dt = make_camera_store(store, args.ooc_frames, hw)
         raw_mb = args.ooc_frames * hw * hw * 3 / 1e6
         disk_mb = sum(p.stat().st_size for p in store.rglob("*") if p.is_file()) / 1e6
         print(f"\nout of core: made a camera store of {args.ooc_frames:,} frames {hw}x{hw} RGB in {dt:.1f} s "
-              f"({raw_mb:,.0f} MB of frames, {disk_mb:,.0f} MB on disk); torch threads {torch.get_num_threads()}")
+              f"({raw_mb:,.0f} MB of frames, {disk_mb:,.0f} MB on disk); torch threads {torch.get_num_threads()}; "
+              f"training step on {torch.cuda.get_device_name() if device.startswith('cuda') else 'cpu'}")
         common = [f"data.store={store}", f"out_dir={tmp}", "data.obs_keys=[obs, image/front]", "data.val_frac=0",
-                  "policy.algo=bc", "critic.steps=0", f"policy.batch_size={b}", "model.vision.encoder=small",
-                  "device=cpu"]
+                  "policy.algo=bc", "critic.steps=0", f"policy.batch_size={b}", f"model.vision.encoder={args.ooc_encoder}",
+                  f"device={device}"]
         rss0 = peak_rss_mb()
         t0 = time.perf_counter()
         ooc = Trainer(build_config(TrainConfig, overrides=[*common, f"data.cache_gb={args.ooc_cache_gb}"]),
@@ -103,15 +110,15 @@ def ooc_rate(args: argparse.Namespace, rate: Callable[..., float]) -> None:
         figures: dict[str, list[float]] = {k: [] for k in ("mem", "disk", "warm", "step", "loop_mem", "loop_disk")}
         waited = 0.0
         for _ in range(args.reps):
-            figures["mem"].append(rate(lambda: mem.data.sample(b), args.seconds))
-            figures["warm"].append(rate(lambda: ooc.data.sample(b), args.seconds))
+            figures["mem"].append(rate(synced(lambda: mem.data.sample(b)), args.seconds))
+            figures["warm"].append(rate(synced(lambda: ooc.data.sample(b)), args.seconds))
             with page_cache_evicted(store):
-                figures["disk"].append(rate(lambda: ooc.data.sample(b), args.seconds))
-            figures["step"].append(rate(lambda: update.update(fixed), args.seconds))
-            figures["loop_mem"].append(rate(lambda: update.update(mem.data.sample(b)), args.seconds))
+                figures["disk"].append(rate(synced(lambda: ooc.data.sample(b)), args.seconds))
+            figures["step"].append(rate(synced(lambda: update.update(fixed)), args.seconds))
+            figures["loop_mem"].append(rate(synced(lambda: update.update(mem.data.sample(b))), args.seconds))
             with page_cache_evicted(store):
                 w0, t0 = ooc.data.wait_s, time.perf_counter()
-                figures["loop_disk"].append(rate(lambda: update.update(ooc.data.sample(b)), args.seconds))
+                figures["loop_disk"].append(rate(synced(lambda: update.update(ooc.data.sample(b))), args.seconds))
                 waited += (ooc.data.wait_s - w0) / (time.perf_counter() - t0)
         med = {k: statistics.median(v) for k, v in figures.items()}
 
@@ -126,7 +133,7 @@ def ooc_rate(args: argparse.Namespace, rate: Callable[..., float]) -> None:
               f"samples/s   {ratio('warm', 'mem')}")
         print(f"    out of core, from disk                    {med['disk']:8.1f} batches/s {med['disk'] * b:9,.0f} "
               f"samples/s   {ratio('disk', 'mem')}   (goal >= 0.5x)")
-        print(f"  training step, BC, small encoder, batch {b}  {med['step']:8.1f} steps/s")
+        print(f"  training step, BC, {args.ooc_encoder} encoder, batch {b} on {device}  {med['step']:8.1f} steps/s")
         print(f"    loader from disk / training step          {ratio('disk', 'step')}   (goal >= 2x)")
         print(f"    training loop, in memory                  {med['loop_mem']:8.1f} steps/s")
         print(f"    training loop, out of core from disk      {med['loop_disk']:8.1f} steps/s   "

@@ -3,7 +3,14 @@
 # torch (no network needed): the CUDA tests, then benchmarks/policies.py and benchmarks/eval_loop.py with
 # --device cuda. Logs go to OUTDIR (default $OUT, else /tmp/genctl-gpu).
 #
-#   bash benchmarks/gpu_run.sh [OUTDIR]          (env: NETS=ref,small, STEPS="test_cuda_units policies_cuda ...")
+#   bash benchmarks/gpu_run.sh [OUTDIR]          (env: NETS=ref,small, STEPS="test_cuda_units policies_cuda ...",
+#                                                 QSTORE, QUALITY_ARGS, QUALITY_LIMIT, QUALITY_BG=1: see below)
+#
+# Issue 18 item 3 adds three steps (not in the default STEPS): vision_cuda (benchmarks/vision.py: the encoders and a
+# vision training step on the GPU), ooc_cuda (benchmarks/datasets.py --only ooc --ooc-device cuda: the out-of-core
+# camera loader feeding a GPU training step, against the in-memory table on the GPU), and quality_cuda
+# (benchmarks/quality.py on the zarr store QSTORE, a path in the repo, with QUALITY_ARGS: BC/GMPO/GMPG at budgets
+# larger than the CPU's; QUALITY_BG=1 runs it beside the CUDA tests, after the timing steps).
 #
 # Wheels for what the machine lacks may be put in .whl/ (installed first, without dependencies), and EGL/GL
 # loader .debs in .gl/ (unpacked into /; only for a bare machine image that lacks them).
@@ -37,9 +44,30 @@ step() {  # step NAME SECONDS CMD...: run with a time limit, log to OUTDIR/NAME.
     echo "=== $name: exit ${PIPESTATUS[0]} after $((SECONDS - t0)) s" | tee -a "$OUTDIR/summary.txt"
 }
 
-step test_cuda_units 90 $PY -m pytest -q -p no:cacheprovider "$REPO/tests/test_cuda.py" -k "not cli"
 step policies_cuda 200 $PY "$REPO/benchmarks/policies.py" --device cuda --repeat 20 --nets ${NETS:-ref,small}
 step eval_loop_cuda 120 $PY "$REPO/benchmarks/eval_loop.py" --device cuda --threads 1 --steps 31,10 \
     --env-steps 3000 --eval-episodes 5 --vec-envs 8
+step vision_cuda 50 $PY "$REPO/benchmarks/vision.py" --device cuda --repeat 5 --kinds small,resnet18 --batch 64
+step ooc_cuda 60 $PY "$REPO/benchmarks/datasets.py" --only ooc --ooc-device cuda --ooc-encoder small --reps 3 --seconds 1
+step ooc_cuda_resnet 50 $PY "$REPO/benchmarks/datasets.py" --only ooc --ooc-device cuda --ooc-encoder resnet18 \
+    --reps 2 --seconds 1
+
+quality() {  # the quality protocol on QSTORE; its runs' small files come back as OUTDIR/quality.tgz
+    rm -rf /tmp/genctl-quality && mkdir -p /tmp/genctl-quality
+    nvidia-smi dmon -s u -d 5 > "$OUTDIR/dmon.txt" 2>&1 &
+    local dmon=$!
+    # shellcheck disable=SC2086  # QUALITY_ARGS is a word list on purpose
+    step quality_cuda "${QUALITY_LIMIT:-400}" $PY "$REPO/benchmarks/quality.py" --store "$REPO/${QSTORE:?QSTORE}" \
+        --out /tmp/genctl-quality/q ${QUALITY_ARGS:-}
+    kill "$dmon" 2>/dev/null
+    (cd /tmp/genctl-quality && tar -czf "$OUTDIR/quality.tgz" q/logs \
+        $(ls -d q/results.json q/runs/*/eval*.json q/runs/*/critic.json q/runs/*/config.yaml 2>/dev/null))
+}
+# The timing steps above ran alone; the quality runs (timed only as wall time) may overlap the CUDA tests.
+if [[ " $STEPS " == *" quality_cuda "* ]]; then
+    if [[ -n "${QUALITY_BG:-}" ]]; then quality >/dev/null 2>&1 & else quality; fi
+fi
+step test_cuda_units 90 $PY -m pytest -q -p no:cacheprovider "$REPO/tests/test_cuda.py" -k "not cli"
 step test_cuda_cli 150 $PY -m pytest -q -p no:cacheprovider "$REPO/tests/test_cuda.py" -k "cli"
+wait
 cat "$OUTDIR/summary.txt"
