@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shlex
 import subprocess
 import sys
@@ -60,7 +61,10 @@ def sh(cmd: list[str], log: Path) -> None:
     with open(log, "a") as f:
         f.write(f"$ {line}\n")
         f.flush()
-        rc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT).returncode
+        # PYTHONSAFEPATH: ``python -m genctl`` run in the repo root must import the installed package, not the
+        # source folder of the same name (whose subpackages live elsewhere, mapped only by the install).
+        env = dict(os.environ, PYTHONSAFEPATH="1")
+        rc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
     if rc != 0:
         raise RuntimeError(f"command failed (rc {rc}, log {log}): {line}")
 
