@@ -19,7 +19,9 @@ cd "$(dirname "$0")/.."
 REPO=$(pwd)
 OUTDIR=${1:-${OUT:-/tmp/genctl-gpu}}
 mkdir -p "$OUTDIR"
-export PYTHONUNBUFFERED=1 MUJOCO_GL=egl PYOPENGL_PLATFORM=egl
+# MUJOCO_GL=disable where the machine has no EGL (Hopper training and eval need no renderer; the CLI tests do)
+export PYTHONUNBUFFERED=1 MUJOCO_GL=${MUJOCO_GL:-egl}
+export PYOPENGL_PLATFORM=${PYOPENGL_PLATFORM:-$MUJOCO_GL}
 PY=${PYTHON:-python3}
 
 if compgen -G ".gl/*.deb" >/dev/null; then
