@@ -12,7 +12,8 @@
 # (benchmarks/quality.py on the zarr store QSTORE, a path in the repo, with QUALITY_ARGS: BC/GMPO/GMPG at budgets
 # larger than the CPU's; QUALITY_BG=1 runs it beside the CUDA tests, after the timing steps).
 #
-# Wheels for what the machine lacks may be put in .whl/ (installed first, without dependencies), and EGL/GL
+# Wheels for what the machine lacks go in .whl/ (benchmarks/gpu_wheels.sh makes them; installed first, without
+# dependencies), and EGL/GL
 # loader .debs in .gl/ (unpacked into /; only for a bare machine image that lacks them).
 set -uo pipefail
 cd "$(dirname "$0")/.."
