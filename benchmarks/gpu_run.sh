@@ -13,8 +13,8 @@
 # larger than the CPU's; QUALITY_BG=1 runs it beside the CUDA tests, after the timing steps).
 #
 # Wheels for what the machine lacks go in .whl/ (benchmarks/gpu_wheels.sh makes them; installed first, without
-# dependencies), and EGL/GL
-# loader .debs in .gl/ (unpacked into /; only for a bare machine image that lacks them).
+# dependencies), and EGL/GL loader .debs in .gl/ (unpacked into /; only for a bare machine image that lacks them:
+# the CLI tests render with MUJOCO_GL=egl; without .gl run the other steps with MUJOCO_GL=disable).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
