@@ -131,7 +131,8 @@ def test_nan_on_cuda_stops_the_run_and_no_checkpoint_holds_nan_cli(store: Path, 
             "name=nan", "device=cuda", "compile=false", "critic.steps=5", "policy.steps=300", "policy.lr=1e12",
             "policy.algo=bc", "ckpt_every=7", "log_every=5", "policy.ema_decay=null", "model.hidden=[32,32]",
             "critic.batch_size=256", "policy.batch_size=256"]
-    r = subprocess.run(args, capture_output=True, text=True, env=dict(os.environ, MUJOCO_GL="egl"), timeout=600)
+    r = subprocess.run(args, capture_output=True, text=True, timeout=600,
+                       env=dict(os.environ, MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl")))
     assert r.returncode == 2, r.stderr
     assert "became NaN/Inf" in r.stderr and "checked every 5 steps on the GPU" in r.stderr, r.stderr
     for ck in sorted((tmp_path / "nan" / "checkpoints").glob("step-*")):
