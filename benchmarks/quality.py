@@ -305,7 +305,9 @@ def main() -> None:
                "per_algo_overrides": {a: PER_ALGO[a] + getattr(args, a) for a in algos},
                "eval_episodes": args.eval_episodes, "eval_envs": args.eval_envs, "results": results,
                "table": md, "errors": errors, "wall_s": time.time() - t0}
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    tmp = out / "results.json.tmp"  # atomic: an interrupted write leaves the previous results.json whole
+    tmp.write_text(json.dumps(summary, indent=2))
+    tmp.replace(out / "results.json")
     print(f"wrote {out / 'results.json'}")
 
 
