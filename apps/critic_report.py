@@ -75,8 +75,9 @@ def critic_values(critic: Any, obs: torch.Tensor, act: torch.Tensor, batch: int 
         qk, vk = critic.q_members(o, a), critic.v_members(o)  # (K, B) each; a plain critic is K = 1
         qs.append(qk.mean(0).double().cpu().numpy())
         vs.append(vk.mean(0).double().cpu().numpy())
-        members.append((qk - vk).double().cpu().numpy())
-    return np.concatenate(qs), np.concatenate(vs), np.concatenate(members, axis=1) if critic.ensemble > 1 else None
+        if critic.ensemble > 1:
+            members.append((qk - vk).double().cpu().numpy())
+    return np.concatenate(qs), np.concatenate(vs), np.concatenate(members, axis=1) if members else None
 
 
 def advantage_stats(q: np.ndarray, v: np.ndarray) -> dict[str, float]:

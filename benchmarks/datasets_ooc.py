@@ -77,7 +77,8 @@ def ooc_rate(args: argparse.Namespace, rate: Callable[..., float]) -> None:
 
     b, hw, device = args.ooc_batch, args.ooc_hw, args.ooc_device
     # A CUDA step returns before its kernels ran: synchronise after each call, or the rates count launches.
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    on_cuda = device.startswith("cuda")
+    sync = torch.cuda.synchronize if on_cuda else (lambda: None)
 
     def synced(fn: Callable[[], object]) -> Callable[[], None]:
         return lambda: (fn(), sync())[1]
@@ -89,7 +90,7 @@ def ooc_rate(args: argparse.Namespace, rate: Callable[..., float]) -> None:
         disk_mb = sum(p.stat().st_size for p in store.rglob("*") if p.is_file()) / 1e6
         print(f"\nout of core: made a camera store of {args.ooc_frames:,} frames {hw}x{hw} RGB in {dt:.1f} s "
               f"({raw_mb:,.0f} MB of frames, {disk_mb:,.0f} MB on disk); torch threads {torch.get_num_threads()}; "
-              f"training step on {torch.cuda.get_device_name() if device.startswith('cuda') else 'cpu'}")
+              f"training step on {torch.cuda.get_device_name() if on_cuda else 'cpu'}")
         common = [f"data.store={store}", f"out_dir={tmp}", "data.obs_keys=[obs, image/front]", "data.val_frac=0",
                   "policy.algo=bc", "critic.steps=0", f"policy.batch_size={b}", f"model.vision.encoder={args.ooc_encoder}",
                   f"device={device}"]

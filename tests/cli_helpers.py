@@ -11,8 +11,8 @@ from pathlib import Path
 
 def genctl_ok(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     """``python -m genctl --quiet ARGS``; fails the test with both output streams unless it exits 0."""
-    # egl unless the caller chose (MUJOCO_GL=disable on a GPU machine without libEGL: nothing here renders)
-    env = dict(os.environ, MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl"), OMP_NUM_THREADS="1")
+    # MUJOCO_GL is the caller's, else genctl's own default (egl): MUJOCO_GL=disable on a machine without libEGL
+    env = dict(os.environ, OMP_NUM_THREADS="1")
     r = subprocess.run([sys.executable, "-m", "genctl", "--quiet", *args], capture_output=True, text=True,
                        cwd=cwd, env=env, timeout=timeout)
     assert r.returncode == 0, f"genctl {' '.join(args)} failed:\n{r.stdout}\n{r.stderr}"
