@@ -9,7 +9,7 @@
 # Issue 18 item 3 adds three steps (not in the default STEPS): vision_cuda (benchmarks/vision.py: the encoders and a
 # vision training step on the GPU), ooc_cuda (benchmarks/datasets.py --only ooc --ooc-device cuda: the out-of-core
 # camera loader feeding a GPU training step, against the in-memory table on the GPU), and quality_cuda
-# (benchmarks/quality.py on the zarr store QSTORE, a path in the repo, with QUALITY_ARGS: BC/GMPO/GMPG at budgets
+# (benchmarks/quality.py on each zarr store in QSTORE, paths in the repo, with QUALITY_ARGS and QUALITY_ARGS_<i>: BC/GMPO/GMPG at budgets
 # larger than the CPU's; QUALITY_BG=1 runs it beside the CUDA tests, after the timing steps).
 #
 # Wheels for what the machine lacks go in .whl/ (benchmarks/gpu_wheels.sh makes them; installed first, without
@@ -55,16 +55,23 @@ step ooc_cuda 60 $PY "$REPO/benchmarks/datasets.py" --only ooc --ooc-device cuda
 step ooc_cuda_resnet 50 $PY "$REPO/benchmarks/datasets.py" --only ooc --ooc-device cuda --ooc-encoder resnet18 \
     --reps 2 --seconds 1
 
-quality() {  # the quality protocol on QSTORE; its runs' small files come back as OUTDIR/quality.tgz
+quality() {  # the quality protocol on each store of QSTORE; its runs' small files come back as OUTDIR/quality.tgz
     rm -rf /tmp/genctl-quality && mkdir -p /tmp/genctl-quality
     nvidia-smi dmon -s u -d 5 > "$OUTDIR/dmon.txt" 2>&1 &
-    local dmon=$!
-    # shellcheck disable=SC2086  # QUALITY_ARGS is a word list on purpose
-    step quality_cuda "${QUALITY_LIMIT:-400}" $PY "$REPO/benchmarks/quality.py" --store "$REPO/${QSTORE:?QSTORE}" \
-        --out /tmp/genctl-quality/q ${QUALITY_ARGS:-}
+    local dmon=$! i=0 store pids=()
+    # shellcheck disable=SC2086  # QSTORE and the QUALITY_ARGS are word lists on purpose
+    for store in ${QSTORE:?QSTORE}; do  # one quality.py per store, all at once; QUALITY_ARGS_<i> (1-based) adds to store i
+        i=$((i + 1))
+        local extra="QUALITY_ARGS_$i"
+        (t0=$SECONDS; timeout "${QUALITY_LIMIT:-400}" $PY "$REPO/benchmarks/quality.py" --store "$REPO/$store" \
+            --out "/tmp/genctl-quality/q$i" ${QUALITY_ARGS:-} ${!extra:-} > "$OUTDIR/quality_$i.log" 2>&1
+         echo "=== quality_cuda $i ($store): exit $? after $((SECONDS - t0)) s" >> "$OUTDIR/summary.txt") &
+        pids+=($!)
+    done
+    wait "${pids[@]}"
     kill "$dmon" 2>/dev/null
-    (cd /tmp/genctl-quality && tar -czf "$OUTDIR/quality.tgz" q/logs \
-        $(ls -d q/results.json q/runs/*/eval*.json q/runs/*/critic.json q/runs/*/config.yaml 2>/dev/null))
+    (cd /tmp/genctl-quality && tar -czf "$OUTDIR/quality.tgz" q*/logs \
+        $(ls -d q*/results.json q*/runs/*/eval*.json q*/runs/*/critic.json q*/runs/*/config.yaml 2>/dev/null))
 }
 # The timing steps above ran alone; the quality runs (timed only as wall time) may overlap the CUDA tests.
 if [[ " $STEPS " == *" quality_cuda "* ]]; then
