@@ -38,13 +38,13 @@ $PY -c "import torch, genctl.envs, genctl.apps.evaluate; print('torch', torch.__
     || exit 1
 
 STEPS=${STEPS:-test_cuda_units policies_cuda eval_loop_cuda test_cuda_cli}  # which steps to run
-step() {  # step NAME SECONDS CMD...: run with a time limit, log to OUTDIR/NAME.log, keep going on failure
-    local name=$1 limit=$2; shift 2
+step() {  # step NAME SECONDS CMD...: run with a time limit, log to OUTDIR/LOG.log (LOG=NAME unless STEP_LOG is
+    local name=$1 limit=$2 log=${STEP_LOG:-$1}; shift 2  # set), keep going on failure
     [[ " $STEPS " == *" $name "* ]] || return 0
-    echo "=== $name" | tee -a "$OUTDIR/summary.txt"
+    echo "=== $log" | tee -a "$OUTDIR/summary.txt"
     local t0=$SECONDS
-    timeout "$limit" "$@" 2>&1 | tee "$OUTDIR/$name.log"
-    echo "=== $name: exit ${PIPESTATUS[0]} after $((SECONDS - t0)) s" | tee -a "$OUTDIR/summary.txt"
+    timeout "$limit" "$@" 2>&1 | tee "$OUTDIR/$log.log"
+    echo "=== $log: exit ${PIPESTATUS[0]} after $((SECONDS - t0)) s" | tee -a "$OUTDIR/summary.txt"
 }
 
 step policies_cuda 200 $PY "$REPO/benchmarks/policies.py" --device cuda --repeat 20 --nets ${NETS:-ref,small}
@@ -63,9 +63,8 @@ quality() {  # the quality protocol on each store of QSTORE; its runs' small fil
     for store in ${QSTORE:?QSTORE}; do  # one quality.py per store, all at once; QUALITY_ARGS_<i> (1-based) adds to store i
         i=$((i + 1))
         local extra="QUALITY_ARGS_$i"
-        (t0=$SECONDS; timeout "${QUALITY_LIMIT:-400}" $PY "$REPO/benchmarks/quality.py" --store "$REPO/$store" \
-            --out "/tmp/genctl-quality/q$i" ${QUALITY_ARGS:-} ${!extra:-} > "$OUTDIR/quality_$i.log" 2>&1
-         echo "=== quality_cuda $i ($store): exit $? after $((SECONDS - t0)) s" >> "$OUTDIR/summary.txt") &
+        STEP_LOG="quality_$i" step quality_cuda "${QUALITY_LIMIT:-400}" $PY "$REPO/benchmarks/quality.py" \
+            --store "$REPO/$store" --out "/tmp/genctl-quality/q$i" ${QUALITY_ARGS:-} ${!extra:-} >/dev/null &
         pids+=($!)
     done
     wait "${pids[@]}"
