@@ -6,6 +6,7 @@ they need; this module owns the loop, data, normaliser, EMA, metrics, progress (
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -31,6 +32,7 @@ from genctl.apps.distributed import (
     resolve_device,
     sync_gradients,
 )
+from genctl.apps.gae import critic_v, gae_advantages, training_row_lengths
 from genctl.apps.lr_schedule import cosine_factor, set_lr
 from genctl.apps.train_checkpoint import CheckpointMixin
 from genctl.apps.train_monitor import NonFinite, ValidationLoss, periodic_eval
@@ -104,6 +106,7 @@ class Trainer(CheckpointMixin):
             self._hooks = sync_gradients(self.optimizers(), self.dist.world)
         self.stage_idx, self.stage_step, self.global_step = 0, 0, 0
         self.adv_stats: dict[str, float] | None = None
+        self.gae_stats: dict[str, float] = {}
 
     # ---------------------------------------------------------------- setup
     def _build_data(self) -> None:
@@ -265,6 +268,33 @@ class Trainer(CheckpointMixin):
             q, v, _ = self._critic_values()
             self.adv_stats = advantage_stats(q, v)
         return self.adv_stats
+
+    def gae_advantage(self, lam: float) -> dict[str, float]:
+        """GMPO with policy.advantage=gae: the GAE(lam) advantage of every training transition under the frozen
+        critic's V becomes the batches' ``adv`` column (computed once per process: deterministic, so a resume
+        recomputes the same values); returns its spread, which scales it like Q - V's. critic.json gets a ``gae``
+        section (spread, and corr with the Monte-Carlo advantage)."""
+        assert self.critic is not None
+        if "adv" not in self.data.keys:
+            d = self.data
+            v, v_next = critic_v(self.critic, d.column("obs")), critic_v(self.critic, d.column("next_obs"))
+            adv = gae_advantages(v, v_next, d.column("reward").cpu().numpy(), d.column("terminal").cpu().numpy(),
+                                 training_row_lengths(self.store, self.train_episodes),
+                                 self.cfg.critic.gamma, lam)
+            d.add_column("adv", adv)
+            stats = advantage_stats(adv, np.zeros_like(adv))
+            self.gae_stats = {"lambda": float(lam), **stats}
+            g, valid = mc_targets(self.store, self.train_episodes, gamma=self.cfg.critic.gamma,
+                                  scale=self.reward_scale, shift=self.cfg.data.reward_shift,
+                                  keep_last_untermed=self.store.has_next_obs())
+            if len(g) == len(adv) and valid.sum() >= 3:
+                self.gae_stats["adv_mc_pearson"] = float(np.corrcoef(adv[valid], (g - v)[valid])[0, 1])
+            path = self.run_dir / "critic.json"
+            if self.dist.is_main and path.exists():
+                atomic_write_json(path, {**json.loads(path.read_text()), "gae": self.gae_stats})
+            log.info("GMPO advantage: GAE(lambda %g) over V, std %.3g, corr with the MC advantage %.3f", lam,
+                     stats["std"], self.gae_stats.get("adv_mc_pearson", float("nan")))
+        return self.gae_stats
 
     def run(self, *, stop_after: int | None = None, on_eval=None) -> bool:
         """Train until done (True) or until ``stop_after`` global steps in this call (False)."""

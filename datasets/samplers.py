@@ -131,6 +131,24 @@ class TransitionBatcher:
                 return self.table[:, a:c].reshape(self.n, *self.shapes[k])
         raise KeyError(key)
 
+    def add_column(self, key: str, values: np.ndarray) -> None:
+        """Append a per-row key (e.g. an advantage computed once the critic is frozen); batches carry it from
+        then on. The stream (generator state) is unchanged, so the rows drawn are the same as without it."""
+        import torch
+
+        if key in self.keys:
+            raise KeyError(f"TransitionBatcher already has {key!r}")
+        values = np.asarray(values, np.float32)
+        if len(values) != self.n:
+            raise DataError(f"TransitionBatcher.add_column({key!r}): {len(values)} rows, the table has {self.n}")
+        width = int(np.prod(values.shape[1:], dtype=np.int64))
+        col = torch.from_numpy(np.ascontiguousarray(values.reshape(self.n, width))).to(self.device)
+        start = self.table.shape[1]
+        self.table = torch.cat([self.table, col], dim=1)
+        self.keys.append(key)
+        self.shapes[key] = values.shape[1:]
+        self._cols.append((key, start, start + width))
+
     def state_dict(self) -> dict[str, Any]:
         """Generator state as a JSON-friendly list, for exact resume."""
         return {"generator": self.generator.get_state().tolist()}

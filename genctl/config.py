@@ -160,6 +160,11 @@ class TrainConfig(_Strict):
             raise ValueError("eval.select=q ranks candidates by Q: it needs a critic (critic.steps > 0 "
                              "or critic.from_run=RUN)")
         d = self.data
+        if getattr(self.policy, "advantage", "q") == "gae" and (d.cache_gb is not None or d.n_obs_steps > 1
+                                                                or d.horizon > 1):
+            raise ValueError("policy.advantage=gae computes one advantage per logged transition in memory: it needs "
+                             f"data.n_obs_steps=1, data.horizon=1 and no data.cache_gb (got {d.n_obs_steps}, "
+                             f"{d.horizon}, {d.cache_gb}); use policy.advantage=q")
         if d.n_action_steps is not None and d.n_action_steps > d.horizon:
             raise ValueError(f"data.n_action_steps={d.n_action_steps} must be <= data.horizon={d.horizon} "
                              "(a policy call predicts horizon actions; it cannot execute more than it predicts)")

@@ -122,7 +122,9 @@ class GMPO(AdvantageScale, Algorithm):
     def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         obs, act = batch["obs"], batch["action"]
         with torch.no_grad():  # fp32 always: exp(beta * A) amplifies any rounding of Q - V
-            adv = (self.critic.q(obs, act) - self.critic.v(obs) - self.adv_shift) / self.adv_scale
+            # a precomputed per-row advantage (policy.advantage=gae) replaces the critic's Q - V
+            raw = batch["adv"] if "adv" in batch else self.critic.q(obs, act) - self.critic.v(obs)
+            adv = (raw - self.adv_shift) / self.adv_scale
             w = gmpo_weights(adv, torch.zeros_like(adv), self.beta, self.clamp)
         with self._autocast():
             per_sample = self.model.loss(act, obs)

@@ -20,6 +20,12 @@ class GMPOPolicyConfig(AdvantagePolicy):
         None, description="temperature of the weights exp(beta A); None = 10 with adv_norm=std (required with "
         "adv_norm=none)")
     clamp: float = Field(100.0, gt=0.0, description="upper bound of the weights")
+    advantage: Literal["q", "gae"] = Field(
+        "q", description="q: A = Q(s, a) - V(s) from the frozen IQL critic (the reference); gae: the generalised "
+        "advantage estimate over V along each logged episode (what the logged action led to; in-memory, single-step "
+        "data only)")
+    gae_lambda: float = Field(0.95, ge=0.0, le=1.0, description="lambda of advantage=gae (0: one-step TD, 1: "
+                              "Monte-Carlo return - V)")
 
 
 class GMPOSpec(AlgoSpec):
@@ -35,7 +41,8 @@ class GMPOSpec(AlgoSpec):
 
     def enter_stage(self, stage: str, p: GMPOPolicyConfig, run: Any) -> None:
         if stage == "policy":
-            set_advantage_scale(run.updates["policy"], p, run.advantage_stats())
+            stats = run.gae_advantage(p.gae_lambda) if p.advantage == "gae" else run.advantage_stats()
+            set_advantage_scale(run.updates["policy"], p, stats)
 
 
 SPEC: Any = GMPOSpec()
