@@ -46,8 +46,10 @@ def test_cpu_trace_matches_eager_solve(rows: int, kind: str, solver: str) -> Non
     with torch.inference_mode():
         fast = model.sample(cond, noise=z, steps=6, solver=solver)
     eager = _eager(model, cond, z, steps=6, solver=solver)
-    # the eps-prediction VP-SDE multiplies the net by up to ~1/sigma near the noise end: compare relatively
-    assert torch.allclose(fast, eager, atol=1e-5, rtol=1e-5), (fast - eager).abs().max()
+    # the eps-prediction VP-SDE multiplies the net by up to ~1/sigma near the noise end, so the packed (oneDNN) and
+    # plain (MKL) GEMMs' different summation orders grow to ~6e-5 there on CPUs with AVX-512 kernels
+    tol = 1e-4 if kind == "vpsde" else 1e-5
+    assert torch.allclose(fast, eager, atol=tol, rtol=tol), (fast - eager).abs().max()
     assert model.trace_sampler, "the trace failed and was switched off"
     assert cpu_solve.mode_for(model.backbone, z, False) in _modes_traced()
 
