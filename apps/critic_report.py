@@ -59,7 +59,7 @@ def _rank(x: np.ndarray) -> np.ndarray:
     return r
 
 
-def _corr(a: np.ndarray, b: np.ndarray) -> float:
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
     if len(a) < 3 or np.std(a) == 0 or np.std(b) == 0:
         return float("nan")
     return float(np.corrcoef(a, b)[0, 1])
@@ -95,17 +95,17 @@ def critic_report(q: np.ndarray, v: np.ndarray, g: np.ndarray | None, valid: np.
     if mc:
         qv, vv, gv = q[valid], v[valid], g[valid]
         rep.update(n_mc=int(valid.sum()), mc_mean=float(gv.mean()),
-                   q_mc_pearson=_corr(qv, gv), q_mc_spearman=_corr(_rank(qv), _rank(gv)),
-                   v_mc_pearson=_corr(vv, gv),
+                   q_mc_pearson=pearson(qv, gv), q_mc_spearman=pearson(_rank(qv), _rank(gv)),
+                   v_mc_pearson=pearson(vv, gv),
                    # does Q rank the actions *at a state*? A = Q - V against the Monte-Carlo advantage G - V
-                   adv_mc_pearson=_corr(qv - vv, gv - vv))
+                   adv_mc_pearson=pearson(qv - vv, gv - vv))
     if members is not None:  # how much do independently initialised critics agree on the advantage?
         k = len(members)
-        pairs = [_corr(members[i], members[j]) for i in range(k) for j in range(i + 1, k)]
+        pairs = [pearson(members[i], members[j]) for i in range(k) for j in range(i + 1, k)]
         ens: dict[str, Any] = {"members": k, "adv_pairwise_pearson": float(np.mean(pairs)),
                                "member_adv_std": [float(m.std()) for m in members]}
         if mc:
-            ens["member_adv_mc_pearson"] = [_corr(m[valid], g[valid] - v[valid]) for m in members]
+            ens["member_adv_mc_pearson"] = [pearson(m[valid], g[valid] - v[valid]) for m in members]
         rep["ensemble"] = ens
     return rep
 

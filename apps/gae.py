@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from genctl.apps.critic_report import discounted_returns
 from genctl.datasets import EpisodeStore
 
 
@@ -31,16 +32,8 @@ def gae_advantages(v: np.ndarray, v_next: np.ndarray, reward: np.ndarray, termin
     if int(lengths.sum()) != len(v) or not len(v) == len(v_next) == len(reward) == len(terminal):
         raise ValueError(f"gae_advantages: {len(v)} rows, but episode lengths sum to {int(lengths.sum())}")
     delta = reward + gamma * (1.0 - terminal) * v_next - v
-    out = np.empty_like(delta)
-    k = gamma * lam
-    start = 0
-    for n in lengths:
-        acc = 0.0
-        for t in range(start + int(n) - 1, start - 1, -1):
-            acc = delta[t] + k * acc
-            out[t] = acc
-        start += int(n)
-    return out
+    # A_t = delta_t + gamma lambda A_{t+1} within an episode: a discounted sum of the TD errors at gamma * lambda
+    return discounted_returns(delta, lengths, gamma * lam)
 
 
 def training_row_lengths(store: EpisodeStore, episodes: np.ndarray) -> np.ndarray:

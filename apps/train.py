@@ -22,6 +22,7 @@ from genctl.apps.critic_report import (
     critic_values,
     format_critic_report,
     mc_targets,
+    pearson,
 )
 from genctl.apps.distributed import (
     DistInfo,
@@ -242,11 +243,15 @@ class Trainer(CheckpointMixin):
         """Q on every training transition vs its Monte-Carlo return, and the advantage spread (critic.json)."""
         assert self.critic is not None
         q, v, members = self._critic_values()
-        g, valid = mc_targets(self.store, self.train_episodes, gamma=self.cfg.critic.gamma, scale=self.reward_scale,
-                              shift=self.cfg.data.reward_shift, keep_last_untermed=self.store.has_next_obs())
+        g, valid = self._mc_returns()
         if len(g) != len(q):  # cannot align (should not happen): report the spread only
             g = valid = None
         return critic_report(q, v, g, valid, members)
+
+    def _mc_returns(self) -> tuple[np.ndarray, np.ndarray]:
+        """Discounted Monte-Carlo returns of the training rows (scaled rewards) and which rows they are exact for."""
+        return mc_targets(self.store, self.train_episodes, gamma=self.cfg.critic.gamma, scale=self.reward_scale,
+                          shift=self.cfg.data.reward_shift, keep_last_untermed=self.store.has_next_obs())
 
     def _critic_values(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:  # out of core: small batches
         return critic_values(self.critic, self.data.column("obs"), self.data.column("action"),
@@ -284,11 +289,9 @@ class Trainer(CheckpointMixin):
             d.add_column("adv", adv)
             stats = advantage_stats(adv, np.zeros_like(adv))
             self.gae_stats = {"lambda": float(lam), **stats}
-            g, valid = mc_targets(self.store, self.train_episodes, gamma=self.cfg.critic.gamma,
-                                  scale=self.reward_scale, shift=self.cfg.data.reward_shift,
-                                  keep_last_untermed=self.store.has_next_obs())
+            g, valid = self._mc_returns()
             if len(g) == len(adv) and valid.sum() >= 3:
-                self.gae_stats["adv_mc_pearson"] = float(np.corrcoef(adv[valid], (g - v)[valid])[0, 1])
+                self.gae_stats["adv_mc_pearson"] = pearson(adv[valid], (g - v)[valid])
             path = self.run_dir / "critic.json"
             if self.dist.is_main and path.exists():
                 atomic_write_json(path, {**json.loads(path.read_text()), "gae": self.gae_stats})
