@@ -98,6 +98,7 @@ class Trainer(CheckpointMixin):
             raise DataError(f"store {self.store.path} has no rewards (BC-only demos) and {need} needs them; "
                             "train behaviour cloning instead: policy.algo=bc critic.steps=0")
         self.critic_source: str | None = None
+        self.behaviour_source: str | None = None  # GMPG mu reused from a BC run (policy.behaviour_from_run)
         self._build_data()
         self._build_models()
         if self.dist.enabled:

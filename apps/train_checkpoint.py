@@ -5,6 +5,7 @@ run's critic (``critic.from_run``). A mixin of ``genctl.apps.train.Trainer``."""
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ class CheckpointMixin:
             "obs_norm": self.obs_norm.to_dict(), "action_norm": self.act_norm.to_dict(),
             "reward_scale": self.reward_scale, "reward_shift": self.cfg.data.reward_shift,
             "beta": self.cfg.policy.resolved_beta(), "adv_stats": self.adv_stats, "critic_from": self.critic_source,
+            "behaviour_from": self.behaviour_source,
             "env": self.store.attrs.get("env"), "obs_keys": self.store.attrs.get("obs_keys"),
             "obs_spec": None if self.obs_spec is None else self.obs_spec.to_dict(),
             "critic_encoder": self.encoder_config(1), "images": (self.store.attrs.get("source") or {}).get("images"),
@@ -108,6 +110,7 @@ class CheckpointMixin:
         self.stage_idx, self.stage_step, self.global_step = m["stage_idx"], m["stage_step"], m["step"]
         self.adv_stats = m.get("adv_stats")
         self.critic_source = m.get("critic_from")
+        self.behaviour_source = m.get("behaviour_from")
         set_rng_state(m["rng"])
         if not self.dist.enabled:
             self.data.load_state_dict({"generator": m["data_rng"], **(m.get("data_state") or {})})
@@ -118,14 +121,40 @@ class CheckpointMixin:
         else:  # different world size: a fresh, distinct stream per rank (exactness needs the same N)
             self.data.restart(offset=m["step"])
 
-    def _load_critic(self, src: Path) -> None:
-        """critic.from_run: the other run's trained critic, after checking it was trained on the same inputs."""
+    @staticmethod
+    def _source_checkpoint(src: Path, field: str) -> Checkpoint:
+        """The checkpoint another run's weights are reused from (``field`` names the config key in errors)."""
         path = latest_checkpoint(src) if (src / "config.yaml").exists() else src
         if path is None or not (path / "meta.json").exists():
-            raise ConfigError(f"critic.from_run={src}: no checkpoint there (expected a run folder with "
+            raise ConfigError(f"{field}={src}: no checkpoint there (expected a run folder with "
                               "checkpoints/ or a checkpoint folder)")
-        ck = Checkpoint(path)
+        return Checkpoint(path)
+
+    def load_behaviour(self, src: str | Path) -> None:
+        """GMPG's policy.behaviour_from_run: mu := a finished BC run's deployed weights (EMA when it kept one),
+        after checking that run saw the same data, through the same normalisation, with the same network."""
+        field = "policy.behaviour_from_run"
+        ck = self._source_checkpoint(Path(src), field)
         m = ck.meta
+        algo = (m["config"].get("policy") or {}).get("algo")
+        if algo != "bc":
+            raise ConfigError(f"{field}={src}: a {algo} run; mu is the behaviour policy, so it must be a bc run")
+        if not m.get("finished"):
+            raise ConfigError(f"{field}={src}: its training is unfinished ({ck.path.name}); resume it first")
+        mine = {"store": str(Path(self.cfg.data.store).resolve()), "obs_dim": self.obs_dim,
+                "action_dim": self.action_dim, "model": self.policy.config(), **self.seq.to_meta(),
+                "obs_norm": self.obs_norm.to_dict(), "action_norm": self.act_norm.to_dict()}
+        for key, want in mine.items():
+            if not _same(m.get(key), want):
+                raise ConfigError(f"{field}={src}: trained with {key}={m.get(key)!r}, this run has {want!r}")
+        group = "ema" if ck.has("ema") else "policy"
+        load_module(self.models["behaviour"], ck.group(group), f"checkpoint {ck.path} ({group})")
+        self.behaviour_source = str(ck.path.resolve())
+
+    def _load_critic(self, src: Path) -> None:
+        """critic.from_run: the other run's trained critic, after checking it was trained on the same inputs."""
+        ck = self._source_checkpoint(src, "critic.from_run")
+        path, m = ck.path, ck.meta
         if not ck.has("critic"):
             raise ConfigError(f"critic.from_run={src}: checkpoint {path.name} has no critic (a BC run?)")
         if m.get("stage") == "critic" and not m.get("finished"):
@@ -134,10 +163,8 @@ class CheckpointMixin:
                 "action_dim": self.action_dim, "reward_scale": self.reward_scale,
                 "reward_shift": self.cfg.data.reward_shift}
         for key, want in mine.items():
-            got = m.get(key)
-            same = math.isclose(got, want, rel_tol=1e-9) if isinstance(want, float) and got is not None else got == want
-            if not same:
-                raise ConfigError(f"critic.from_run={src}: trained with {key}={got!r}, this run has {want!r}")
+            if not _same(m.get(key), want):
+                raise ConfigError(f"critic.from_run={src}: trained with {key}={m.get(key)!r}, this run has {want!r}")
         theirs = m["config"].get("critic", {})
         for key in ("hidden", "gamma", "expectile", "ensemble"):
             got = theirs.get(key, CriticConfig.model_fields[key].get_default(call_default_factory=True))  # newer: default
@@ -146,3 +173,20 @@ class CheckpointMixin:
                                   f"has {getattr(self.cfg.critic, key)!r} (set it to match)")
         load_module(self.critic, ck.group("critic"), f"checkpoint {path} (critic)")
         self.critic_source = str(path.resolve())
+
+
+def _same(got: Any, want: Any) -> bool:
+    """Equal, with floats (also inside lists and dicts, e.g. normaliser statistics read back from JSON) compared
+    to a relative 1e-9."""
+    if _is_real(want) or _is_real(got):
+        return _is_real(got) and _is_real(want) and math.isclose(float(got), float(want), rel_tol=1e-9)
+    if isinstance(want, dict):
+        return isinstance(got, dict) and got.keys() == want.keys() and all(_same(got[k], want[k]) for k in want)
+    if isinstance(want, (list, tuple)):
+        return (isinstance(got, (list, tuple)) and len(got) == len(want)
+                and all(_same(g, w) for g, w in zip(got, want, strict=True)))
+    return bool(got == want)
+
+
+def _is_real(x: Any) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)

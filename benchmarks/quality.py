@@ -130,7 +130,19 @@ def shared_critic(seed: int, store: Path, args: argparse.Namespace, out: Path) -
     return run
 
 
+_run_locks: dict[tuple[str, int], threading.Lock] = {}
+_runs_done: dict[tuple[str, int], list[dict[str, Any]]] = {}  # this invocation's rows per algo x seed
+
+
 def one_run(algo: str, seed: int, store: Path, args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
+    """One algo x seed, once per invocation (GMPG with ``--gmpg-mu bc`` asks for the seed's BC run too)."""
+    with _run_locks.setdefault((algo, seed), threading.Lock()):
+        if (algo, seed) not in _runs_done:
+            _runs_done[algo, seed] = _one_run(algo, seed, store, args, out)
+        return _runs_done[algo, seed]
+
+
+def _one_run(algo: str, seed: int, store: Path, args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
     """Train (unless done) and evaluate one algo x seed; then each extra deployment mode on the same run."""
     name = f"{algo}-s{seed}"
     run = out / "runs" / name
@@ -144,6 +156,9 @@ def one_run(algo: str, seed: int, store: Path, args: argparse.Namespace, out: Pa
         fixed = ["critic.steps=0"] if algo == "bc" else []  # BC needs no critic, whatever --set says
         if algo != "bc" and not args.own_critic:
             fixed = [f"critic.from_run={shared_critic(seed, store, args, out)}"]
+        if algo == "gmpg" and args.gmpg_mu == "bc":  # mu = this seed's BC policy (trained and evaluated first)
+            bc_run = Path(one_run("bc", seed, store, args, out)[0]["run"])
+            fixed += [f"policy.behaviour_from_run={bc_run}"]
         over = [*COMMON, *PER_ALGO[algo], *args.set, *getattr(args, algo), *fixed, f"data.store={store}",
                 f"out_dir={out / 'runs'}", f"name={name}", f"seed={seed}"]
         sh([*GENCTL, "train", *over, "--overwrite"], log)
@@ -261,6 +276,10 @@ def main() -> None:
                     f"comma-separated from {sorted(EVAL_MODES)} (rows algo+mode; bc skips the q modes)")
     ap.add_argument("--own-critic", action="store_true",
                     help="train a critic inside every GMPO/GMPG run instead of one shared critic per seed")
+    ap.add_argument("--gmpg-mu", choices=["own", "bc"], default="own",
+                    help="GMPG's behaviour model mu: own = fitted inside the GMPG run (policy.behaviour_steps); bc = "
+                    "the same seed's BC run (policy.behaviour_from_run; trained first if missing), so GMPG starts "
+                    "from, and is held near, the BC policy of its row")
     ap.add_argument("--report-only", action="store_true", help="train nothing: tabulate the runs that have eval.json")
     ap.add_argument("--force", action="store_true", help="redo runs that already have eval.json")
     args = ap.parse_args()

@@ -1,7 +1,9 @@
 """GMPG: pathwise policy gradient through the ODE sampler with a KL penalty towards a behaviour model mu.
 
 Stages after the critic: ``behaviour`` (BC of mu for behaviour_steps) then ``policy``, which starts as a copy of
-the trained mu (the one policy-from-behaviour copy, made when the policy stage starts fresh)."""
+the trained mu (the one policy-from-behaviour copy, made when the policy stage starts fresh). With
+``behaviour_from_run`` mu is a finished BC run's deployed (EMA) weights instead and the behaviour stage is skipped:
+the KL then anchors GMPG to the BC policy it is compared against, fitted at BC's own budget."""
 
 from __future__ import annotations
 
@@ -20,6 +22,10 @@ class GMPGPolicyConfig(AdvantagePolicy):
         "(required with adv_norm=none)")
     behaviour_steps: int = Field(2000, ge=0, description="BC steps for the behaviour model mu")
     behaviour_lr: float = 1e-4
+    behaviour_from_run: str | None = Field(
+        None, description="take mu from this finished BC run (its EMA weights) instead of training it here: the "
+        "behaviour stage is skipped. Same store, model and normalisation (checked). GMPG then starts from, and "
+        "is held near, the BC policy it is compared against")
     sample_steps: int = Field(10, ge=1, description="sampler steps through which gradients flow")
     solver: Literal["euler", "heun", "midpoint"] = "euler"
     exact_trace: bool | None = Field(
@@ -35,7 +41,7 @@ class GMPGSpec(AlgoSpec):
     needs_critic = True
 
     def stages(self, p: GMPGPolicyConfig) -> list[tuple[str, int]]:
-        return [("behaviour", p.behaviour_steps), ("policy", p.steps)]
+        return [("behaviour", 0 if p.behaviour_from_run else p.behaviour_steps), ("policy", p.steps)]
 
     def build(self, p: GMPGPolicyConfig, ctx: BuildContext) -> Built:
         from genctl.policies import BC, GMPG
@@ -52,6 +58,8 @@ class GMPGSpec(AlgoSpec):
             return
         set_advantage_scale(run.updates["policy"], p, run.advantage_stats())
         if run.stage_step == 0:  # a fresh policy stage (not a resume inside it) starts as the trained mu
+            if p.behaviour_from_run:  # a resume inside the stage restores mu from its own checkpoint instead
+                run.load_behaviour(p.behaviour_from_run)
             mu = run.models["behaviour"].state_dict()
             run.policy.load_state_dict(mu)
             if run.ema is not None:
