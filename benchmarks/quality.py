@@ -276,10 +276,10 @@ def main() -> None:
                     f"comma-separated from {sorted(EVAL_MODES)} (rows algo+mode; bc skips the q modes)")
     ap.add_argument("--own-critic", action="store_true",
                     help="train a critic inside every GMPO/GMPG run instead of one shared critic per seed")
-    ap.add_argument("--gmpg-mu", choices=["own", "bc"], default="own",
+    ap.add_argument("--gmpg-mu", choices=["own", "bc"], default="bc",
                     help="GMPG's behaviour model mu: own = fitted inside the GMPG run (policy.behaviour_steps); bc = "
                     "the same seed's BC run (policy.behaviour_from_run; trained first if missing), so GMPG starts "
-                    "from, and is held near, the BC policy of its row")
+                    "from, and is held near, the BC policy of its row (the default since docs/results.md §3m)")
     ap.add_argument("--report-only", action="store_true", help="train nothing: tabulate the runs that have eval.json")
     ap.add_argument("--force", action="store_true", help="redo runs that already have eval.json")
     args = ap.parse_args()
