@@ -121,6 +121,12 @@ class CheckpointMixin:
         else:  # different world size: a fresh, distinct stream per rank (exactness needs the same N)
             self.data.restart(offset=m["step"])
 
+    def _data_identity(self) -> dict[str, Any]:
+        """What a reused run (critic.from_run, policy.behaviour_from_run) must share with this one: the store and
+        its observation/action dims, as its checkpoint meta records them."""
+        return {"store": str(Path(self.cfg.data.store).resolve()), "obs_dim": self.obs_dim,
+                "action_dim": self.action_dim}
+
     @staticmethod
     def _source_checkpoint(src: Path, field: str) -> Checkpoint:
         """The checkpoint another run's weights are reused from (``field`` names the config key in errors)."""
@@ -141,12 +147,8 @@ class CheckpointMixin:
             raise ConfigError(f"{field}={src}: a {algo} run; mu is the behaviour policy, so it must be a bc run")
         if not m.get("finished"):
             raise ConfigError(f"{field}={src}: its training is unfinished ({ck.path.name}); resume it first")
-        mine = {"store": str(Path(self.cfg.data.store).resolve()), "obs_dim": self.obs_dim,
-                "action_dim": self.action_dim, "model": self.policy.config(), **self.seq.to_meta(),
-                "obs_norm": self.obs_norm.to_dict(), "action_norm": self.act_norm.to_dict()}
-        for key, want in mine.items():
-            if not _same(m.get(key), want):
-                raise ConfigError(f"{field}={src}: trained with {key}={m.get(key)!r}, this run has {want!r}")
+        _require_same(field, src, m, {**self._data_identity(), "model": self.policy.config(), **self.seq.to_meta(),
+                                      "obs_norm": self.obs_norm.to_dict(), "action_norm": self.act_norm.to_dict()})
         group = "ema" if ck.has("ema") else "policy"
         load_module(self.models["behaviour"], ck.group(group), f"checkpoint {ck.path} ({group})")
         self.behaviour_source = str(ck.path.resolve())
@@ -159,12 +161,8 @@ class CheckpointMixin:
             raise ConfigError(f"critic.from_run={src}: checkpoint {path.name} has no critic (a BC run?)")
         if m.get("stage") == "critic" and not m.get("finished"):
             raise ConfigError(f"critic.from_run={src}: its critic stage is unfinished ({path.name}); resume it first")
-        mine = {"store": str(Path(self.cfg.data.store).resolve()), "obs_dim": self.obs_dim,
-                "action_dim": self.action_dim, "reward_scale": self.reward_scale,
-                "reward_shift": self.cfg.data.reward_shift}
-        for key, want in mine.items():
-            if not _same(m.get(key), want):
-                raise ConfigError(f"critic.from_run={src}: trained with {key}={m.get(key)!r}, this run has {want!r}")
+        _require_same("critic.from_run", src, m, {**self._data_identity(), "reward_scale": self.reward_scale,
+                                                  "reward_shift": self.cfg.data.reward_shift})
         theirs = m["config"].get("critic", {})
         for key in ("hidden", "gamma", "expectile", "ensemble"):
             got = theirs.get(key, CriticConfig.model_fields[key].get_default(call_default_factory=True))  # newer: default
@@ -173,6 +171,13 @@ class CheckpointMixin:
                                   f"has {getattr(self.cfg.critic, key)!r} (set it to match)")
         load_module(self.critic, ck.group("critic"), f"checkpoint {path} (critic)")
         self.critic_source = str(path.resolve())
+
+
+def _require_same(field: str, src: str | Path, meta: dict[str, Any], mine: dict[str, Any]) -> None:
+    """One ConfigError naming the first of ``mine``'s keys on which the source checkpoint's meta differs."""
+    for key, want in mine.items():
+        if not _same(meta.get(key), want):
+            raise ConfigError(f"{field}={src}: trained with {key}={meta.get(key)!r}, this run has {want!r}")
 
 
 def _same(got: Any, want: Any) -> bool:
