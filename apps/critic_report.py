@@ -121,3 +121,16 @@ def format_critic_report(rep: dict[str, Any]) -> str:
         e = rep["ensemble"]
         line += f"; {e['members']} members, their advantages correlate {e['adv_pairwise_pearson']:.2f} pairwise"
     return line
+
+
+def policy_advantage(policy: Any, judge: Any, states: np.ndarray, adv: dict[str, float], *,
+                     seed: int = 0) -> dict[str, float]:
+    """How far up the critic a policy's own actions sit: A_n = (Q(s, a) - V(s) - adv mean) / adv std with
+    a ~ ``policy`` (a LoadedPolicy, sampled as deployed) at ``states`` and Q, V from ``judge``'s critic; ``adv``
+    is the critic's ``advantage`` stats over the logged actions, so 0 = an average logged action. A policy whose
+    A_n rises while its closed-loop score falls is exploiting the critic's errors."""
+    torch.manual_seed(seed)  # the same starting noise for every policy compared
+    acts = policy.act(states)
+    q, v = judge.q_v(states, acts)
+    a_n = (q - v - adv["mean"]) / adv["std"]
+    return {"adv_n_mean": float(a_n.mean()), "above_v": float((q > v).mean()), "n": int(len(states))}

@@ -194,7 +194,9 @@ class GMPG(AdvantageScale, Algorithm):
         q = self.critic.q(obs, a)  # fp32: Q can be large, bf16 would round it to ~0.4 %
         kl_bits = (log_pi - log_mu) / (self.model.action_dim * math.log(2.0))
         loss = -self.beta * q.mean() / self.adv_scale + kl_bits.mean()
-        return loss, {"q_mean": q.detach().mean(), "kl_bits_per_dim": kl_bits.detach().mean(),
+        with torch.no_grad():  # the policy's own actions' A_n: what beta buys against the KL (q_mean is V-dominated)
+            adv = (q.detach() - self.critic.v(obs) - self.adv_shift) / self.adv_scale
+        return loss, {"q_mean": q.detach().mean(), "adv_mean": adv.mean(), "kl_bits_per_dim": kl_bits.detach().mean(),
                       "log_pi": log_pi.detach().mean(), "log_mu": log_mu.detach().mean()}
 
     def update(self, batch: dict[str, Tensor], *, sync: bool = True) -> dict[str, Any]:

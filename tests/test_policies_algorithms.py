@@ -159,12 +159,15 @@ def test_gmpg_prefers_better_mode(toy: dict) -> None:
                           exact_trace=True, checkpoint=False, lr=1e-3, grad_clip=10.0)
     assert torch.equal(policy.backbone.out.weight, mu.backbone.out.weight)  # initialised from mu
     mu_before = [p.clone() for p in mu.parameters()]
-    for _ in range(80):
+    first = algo.update(toy_batch(128, toy["gen"]))
+    for _ in range(79):
         m = algo.update(toy_batch(128, toy["gen"]))
     assert math.isfinite(m["loss"]) and m["kl_bits_per_dim"] > 0 and "grad_norm" in m
     assert all(torch.equal(a, b) for a, b in zip(mu_before, mu.parameters(), strict=True))  # mu untouched
     assert all(p.requires_grad for p in toy["critic"].q_net.parameters())  # frozen only inside update()
     assert frac_good(policy, toy["gen"]) >= 0.9
+    # its own actions now sit above V in the critic's eyes; at the start (mu's mixture) they did not
+    assert m["adv_mean"] > 0 > first["adv_mean"]
 
 
 def test_gmpg_checkpointing_gives_same_gradients() -> None:

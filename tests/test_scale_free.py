@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from genctl.apps.critic_report import critic_report, discounted_returns
+from genctl.apps.critic_report import critic_report, discounted_returns, policy_advantage
 from genctl.apps.policy import LoadedPolicy
 from genctl.apps.train import resume, train
 from genctl.config import TrainConfig, build_config
@@ -50,6 +50,12 @@ def _frac_good(run: Path) -> float:
     return float((a > 0).mean())
 
 
+def _own_advantage(run: Path, critic_json: dict) -> dict[str, float]:
+    pol = LoadedPolicy.from_run(run)
+    states = np.random.default_rng(2).normal(size=(2000, 1)).astype(np.float32)
+    return policy_advantage(pol, pol, states, critic_json["advantage"])
+
+
 def test_default_gmpo_is_invariant_to_reward_units(tmp_path: Path) -> None:
     """Defaults only (beta, clamp, reward scale, critic schedule): the better mode wins, identically for
     rewards in units and in thousandths."""
@@ -61,6 +67,11 @@ def test_default_gmpo_is_invariant_to_reward_units(tmp_path: Path) -> None:
     f1, f1000 = _frac_good(r1), _frac_good(r1000)
     assert f1 >= 0.9 and f1000 >= 0.9
     assert abs(f1 - f1000) <= 0.02
+    # the policy's own actions, judged by its critic in units of the logged actions' spread: the two modes sit
+    # at about -1 and +1 spread (a 50/50 two-point advantage), so mostly-good actions score near +1, in either unit
+    a1, a1000 = (_own_advantage(r, c) for r, c in ((r1, c1), (r1000, c1000)))
+    assert 0.6 <= a1["adv_n_mean"] <= 1.2 and a1["above_v"] >= 0.85
+    assert a1000["adv_n_mean"] == pytest.approx(a1["adv_n_mean"], abs=0.1)
 
 
 def test_advantage_normalisation_makes_weights_unit_free() -> None:

@@ -1,0 +1,68 @@
+"""How far up its critic a policy has climbed (diagnostic, not a test): the advantage of the policy's own actions.
+
+    .venv/bin/python benchmarks/policy_advantage.py --critic runs/critic-s3 runs/bc-s3 runs/gmpg-s3 \
+        runs/gmpg-s3/checkpoints/step-000000150
+
+For each run (or checkpoint folder), one action is sampled (deployed EMA weights, the run's own sampler and
+temperature 1) at each of ``--states`` training states drawn from the critic's store; the critic scores it as
+A_n = (Q(s, a) - V(s) - mean) / std, with mean and std of the *logged* actions' advantage from the critic run's
+``critic.json`` (the same scale GMPO and GMPG use, so 0 = an average logged action, +1 = one spread better).
+Prints mean A_n, the fraction of actions above V, and the run's closed-loop score next to it when its
+``eval.json`` (or, for a checkpoint, ``evals/<checkpoint>.json``) exists: a policy whose A_n rises while its
+score falls is exploiting the critic's errors rather than finding better actions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from genctl.apps.critic_report import policy_advantage
+from genctl.apps.policy import LoadedPolicy, find_checkpoint
+from genctl.datasets import EpisodeStore
+
+
+def closed_loop_score(path: Path) -> float | None:
+    """D4RL-normalised score (or success rate in %) of the eval written for this run or checkpoint."""
+    ev = path / "eval.json" if (path / "config.yaml").exists() else path.parent.parent / "evals" / f"{path.name}.json"
+    if not ev.exists():
+        return None
+    r = json.loads(ev.read_text())
+    return r["normalized_score"]["mean"] if "normalized_score" in r else 100.0 * r["success_rate"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap.add_argument("runs", nargs="+", help="run folders or checkpoint folders to score")
+    ap.add_argument("--critic", required=True, help="run whose critic (and critic.json scale) scores the actions")
+    ap.add_argument("--states", type=int, default=4096, help="training states sampled from the critic's store")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    critic_run = Path(args.critic)
+    judge = LoadedPolicy.from_run(critic_run)
+    if judge.critic is None:
+        ap.error(f"{critic_run} has no critic (pass a GMPO/GMPG run or a critic-only run)")
+    adv = json.loads((critic_run / "critic.json").read_text())["advantage"]
+    store = EpisodeStore.open(judge.meta["config"]["data"]["store"])
+    obs = store.load(["obs"])["obs"].astype(np.float32)
+    rng = np.random.default_rng(args.seed)
+    states = obs[rng.choice(len(obs), size=min(args.states, len(obs)), replace=False)]
+
+    print(f"critic {critic_run}; {len(states)} training states; A_n in units of the logged actions' advantage "
+          f"spread ({adv['std']:.4g}), 0 = an average logged action")
+    print("| run | mean A_n | A > V | closed-loop score |\n|---|---:|---:|---:|")
+    for r in args.runs:
+        path = Path(r)
+        r_adv = policy_advantage(LoadedPolicy(find_checkpoint(path)), judge, states, adv, seed=args.seed)
+        score = closed_loop_score(path)
+        print(f"| {r} | {r_adv['adv_n_mean']:+.2f} | {100 * r_adv['above_v']:.0f} % | "
+              + ("—" if score is None else f"{score:.1f}") + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
