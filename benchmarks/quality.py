@@ -266,9 +266,11 @@ def main() -> None:
     ap.add_argument("--parallel", type=int, default=2, help="trainings at once (each threads=1)")
     ap.add_argument("--eval-episodes", type=int, default=30)
     ap.add_argument("--eval-envs", type=int, default=4)
-    ap.add_argument("--set", nargs="*", default=[], metavar="K=V", help="overrides for every algo")
+    # action="extend": a repeated flag adds to the list (with plain nargs="*" the last one silently replaced it)
+    ap.add_argument("--set", nargs="*", action="extend", default=[], metavar="K=V", help="overrides for every algo")
     for a in PER_ALGO:
-        ap.add_argument(f"--{a}", nargs="*", default=[], metavar="K=V", help=f"overrides for {a} only")
+        ap.add_argument(f"--{a}", nargs="*", action="extend", default=[], metavar="K=V",
+                        help=f"overrides for {a} only (repeatable)")
     ap.add_argument("--metric", choices=["auto", "success_rate", "normalized_score"], default="auto",
                     help="table metric; auto = normalized_score when every run's eval has one (D4RL-style data "
                     "with reference scores), else success_rate")
