@@ -129,8 +129,7 @@ def policy_advantage(policy: Any, judge: Any, states: np.ndarray, adv: dict[str,
     a ~ ``policy`` (a LoadedPolicy, sampled as deployed) at ``states`` and Q, V from ``judge``'s critic; ``adv``
     is the critic's ``advantage`` stats over the logged actions, so 0 = an average logged action. A policy whose
     A_n rises while its closed-loop score falls is exploiting the critic's errors."""
-    torch.manual_seed(seed)  # the same starting noise for every policy compared
-    acts = policy.act(states)
+    acts = policy.act(states, generator=torch.Generator().manual_seed(seed))  # same noise for every policy compared
     q, v = judge.q_v(states, acts)
     a_n = (q - v - adv["mean"]) / adv["std"]
     return {"adv_n_mean": float(a_n.mean()), "above_v": float((q > v).mean()), "n": int(len(states))}
