@@ -117,6 +117,10 @@ def format_critic_report(rep: dict[str, Any]) -> str:
     if "q_mc_pearson" in rep:
         line += (f"; corr(Q, MC return) {rep['q_mc_pearson']:.3f} (Spearman {rep['q_mc_spearman']:.3f}), "
                  f"corr(A, MC advantage) {rep['adv_mc_pearson']:.3f}, MC mean {rep['mc_mean']:.3g}")
+    if "heldout" in rep:
+        h = rep["heldout"]
+        line += (f"; held-out episodes: corr(Q, MC) {h['q_mc_pearson']:.3f}, corr(A, MC advantage) "
+                 f"{h['adv_mc_pearson']:.3f}")
     if "ensemble" in rep:
         e = rep["ensemble"]
         line += f"; {e['members']} members, their advantages correlate {e['adv_pairwise_pearson']:.2f} pairwise"

@@ -35,6 +35,7 @@ from genctl.apps.distributed import (
 )
 from genctl.apps.gae import critic_v, gae_advantages, training_row_lengths
 from genctl.apps.lr_schedule import cosine_factor, set_lr
+from genctl.apps.nstep import nstep_columns
 from genctl.apps.train_checkpoint import CheckpointMixin
 from genctl.apps.train_monitor import NonFinite, ValidationLoss, periodic_eval
 from genctl.config import TrainConfig, dump_yaml, load_saved_config
@@ -137,6 +138,9 @@ class Trainer(CheckpointMixin):
                 "reward": raw["reward"] * self.reward_scale + cfg.data.reward_shift,
                 "terminal": raw["terminal"],
             }
+        if cfg.critic_nstep > 1 and cfg.critic.steps > 0 and not cfg.critic.from_run:  # apps/nstep.py
+            arrays.update(nstep_columns(arrays["reward"], arrays["next_obs"], arrays["terminal"],
+                                        training_row_lengths(store, train_eps), cfg.critic.gamma, cfg.critic_nstep))
         for k, v in arrays.items():
             if not np.all(np.isfinite(v)):
                 raise DataError(f"store {store.path}: field {k!r} has NaN/Inf after normalisation")
@@ -247,7 +251,30 @@ class Trainer(CheckpointMixin):
         g, valid = self._mc_returns()
         if len(g) != len(q):  # cannot align (should not happen): report the spread only
             g = valid = None
-        return critic_report(q, v, g, valid, members)
+        rep = critic_report(q, v, g, valid, members)
+        held = self._heldout_critic_report()
+        if held is not None:
+            rep["heldout"] = held
+        return rep
+
+    def _heldout_critic_report(self) -> dict[str, Any] | None:
+        """The same correlations on the validation episodes, which the critic never trained on: a TD target that
+        contains the logged rewards (critic.nstep > 1) would flatter the training-set numbers."""
+        if self.out_of_core or not self.val_episodes:
+            return None
+        eps = np.asarray(self.val_episodes, np.int64)
+        raw = load_transitions(self.store, episodes=eps)
+        if len(raw["action"]) < 3:
+            return None
+        to = lambda x: torch.as_tensor(np.asarray(x, np.float32), device=self.device)  # noqa: E731
+        q, v, _ = critic_values(self.critic, to(self.obs_norm.normalize(raw["obs"])),
+                                to(self.act_norm.normalize(raw["action"])))
+        g, valid = mc_targets(self.store, eps, gamma=self.cfg.critic.gamma, scale=self.reward_scale,
+                              shift=self.cfg.data.reward_shift, keep_last_untermed=self.store.has_next_obs())
+        if len(g) != len(q) or valid.sum() < 3:
+            return None
+        rep = critic_report(q, v, g, valid)
+        return {k: rep[k] for k in ("n_mc", "q_mc_pearson", "q_mc_spearman", "adv_mc_pearson")}
 
     def _mc_returns(self) -> tuple[np.ndarray, np.ndarray]:
         """Discounted Monte-Carlo returns of the training rows (scaled rewards) and which rows they are exact for."""
@@ -263,6 +290,13 @@ class Trainer(CheckpointMixin):
         rep = self.critic_diagnostics()
         if self.critic_source:
             rep["from_run"] = self.critic_source
+            src = Path(self.critic_source)
+            for p in (src / "critic.json", src.parent.parent / "critic.json"):  # a run or a checkpoint folder
+                if p.exists() and "nstep" in (saved := json.loads(p.read_text())):
+                    rep["nstep"] = saved["nstep"]
+                    break
+        else:
+            rep["nstep"] = self.cfg.critic_nstep
         self.adv_stats = rep["advantage"]
         atomic_write_json(self.run_dir / "critic.json", rep)
         log.info(format_critic_report(rep))

@@ -101,6 +101,8 @@ def _row(algo: str, seed: int, run: Path, ev_path: Path, wall: float) -> dict[st
         c = json.loads(crit.read_text())
         r["critic"] = {k: c.get(k) for k in ("q_mc_pearson", "q_mc_spearman", "adv_mc_pearson")}
         r["critic"]["adv_std"] = c["advantage"]["std"]
+        if "heldout" in c:  # validation episodes, never trained on
+            r["critic"]["heldout_adv_mc_pearson"] = c["heldout"]["adv_mc_pearson"]
     return r
 
 
@@ -222,7 +224,8 @@ def critic_line(out: Path, seeds: list[int]) -> str:
 
     return (f"critic (seeds {', '.join(map(str, reps))}): corr(Q, MC return) "
             f"{cells(lambda r: format(r.get('q_mc_pearson', float('nan')), '.3f'))}, "
-            f"corr(A, MC advantage) {cells(lambda r: format(r.get('adv_mc_pearson', float('nan')), '.3f'))}, "
+            f"corr(A, MC advantage) {cells(lambda r: format(r.get('adv_mc_pearson', float('nan')), '.3f'))} "
+            f"(held-out episodes {cells(lambda r: format(r.get('heldout', {}).get('adv_mc_pearson', float('nan')), '.3f'))}), "
             f"advantage std {cells(lambda r: format(r['advantage']['std'], '.3g'))}")
 
 

@@ -106,6 +106,10 @@ class IQLCritic(nn.Module):
         reward, terminal = batch["reward"].reshape(-1), batch["terminal"].reshape(-1).to(obs.dtype)
         feats = None if self.encoder is None else self.features(obs, train=True)  # random crops: augmentation
         fixed = None if feats is None else feats.detach()
+        discount = self.gamma * (1.0 - terminal)
+        if "discount_n" in batch:  # n-step targets (genctl.apps.nstep): k rewards, then V k steps ahead
+            reward, discount, next_obs = batch["reward_n"].reshape(-1), batch["discount_n"].reshape(-1), \
+                batch["next_obs_n"]
         with torch.no_grad(), bf16_autocast(obs.device.type, self.amp):
             q_t = self.q_members(obs, act, target=True, feats=fixed)  # (K, B): each member its own targets
             next_v = self.v_members(next_obs, None if feats is None else self.features(next_obs, train=True))
@@ -117,7 +121,7 @@ class IQLCritic(nn.Module):
         v_loss.backward()
         self._opts["v"].step()
 
-        y = (reward + self.gamma * (1.0 - terminal) * next_v).repeat_interleave(2, dim=0)  # (2K, B)
+        y = (reward + discount * next_v).repeat_interleave(2, dim=0)  # (2K, B)
         with bf16_autocast(obs.device.type, self.amp):
             q = self.q_both(obs, act, feats=feats)
         q_loss = 0.5 * (q - y).square().mean(1).sum()  # sum over members of 1/2 (MSE(Q1, y) + MSE(Q2, y))
