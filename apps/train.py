@@ -269,16 +269,16 @@ class Trainer(CheckpointMixin):
         to = lambda x: torch.as_tensor(np.asarray(x, np.float32), device=self.device)  # noqa: E731
         q, v, _ = critic_values(self.critic, to(self.obs_norm.normalize(raw["obs"])),
                                 to(self.act_norm.normalize(raw["action"])))
-        g, valid = mc_targets(self.store, eps, gamma=self.cfg.critic.gamma, scale=self.reward_scale,
-                              shift=self.cfg.data.reward_shift, keep_last_untermed=self.store.has_next_obs())
+        g, valid = self._mc_returns(eps)
         if len(g) != len(q) or valid.sum() < 3:
             return None
         rep = critic_report(q, v, g, valid)
         return {k: rep[k] for k in ("n_mc", "q_mc_pearson", "q_mc_spearman", "adv_mc_pearson")}
 
-    def _mc_returns(self) -> tuple[np.ndarray, np.ndarray]:
-        """Discounted Monte-Carlo returns of the training rows (scaled rewards) and which rows they are exact for."""
-        return mc_targets(self.store, self.train_episodes, gamma=self.cfg.critic.gamma, scale=self.reward_scale,
+    def _mc_returns(self, episodes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Discounted Monte-Carlo returns of the training rows (or of ``episodes``' rows; scaled rewards) and which
+        rows they are exact for."""
+        return mc_targets(self.store, self.train_episodes if episodes is None else episodes, gamma=self.cfg.critic.gamma, scale=self.reward_scale,
                           shift=self.cfg.data.reward_shift, keep_last_untermed=self.store.has_next_obs())
 
     def _critic_values(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:  # out of core: small batches

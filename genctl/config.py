@@ -101,7 +101,7 @@ class CriticConfig(_Strict):
     nstep: int | None = Field(None, ge=1, le=64, description="TD target over n logged steps: y = sum of k <= n "
                               "discounted rewards + gamma^k V(s_t+k), cut at the episode's end (1 = IQL's one-step "
                               "target, the reference). Q then sees what the logged action led to. None = 10, or 1 "
-                              "with data.cache_gb (streamed camera transitions: n > 1 needs the data in memory)")
+                              "when data.obs_keys names a camera (n > 1 keeps a copy of the bootstrap frames)")
     from_run: str | None = Field(
         None, description="reuse the trained critic of this run folder (or checkpoint folder) instead of training "
         "one: the critic stage is skipped. The run must come from the same store, reward scale and critic "
@@ -147,10 +147,12 @@ class TrainConfig(_Strict):
 
     @property
     def critic_nstep(self) -> int:
-        """critic.nstep resolved: 10 by default, 1 for out-of-core data (see CriticConfig.nstep)."""
+        """critic.nstep resolved: 10 by default; 1 for out-of-core data, and for cameras in memory, where the n-step
+        bootstrap states would be one more copy of every frame (and n-step was measured on low-dim sets only)."""
         if self.critic.nstep is not None:
             return self.critic.nstep
-        return 1 if self.data.cache_gb is not None else 10
+        cameras = any(k.startswith("image/") for k in self.data.obs_keys or [])
+        return 1 if self.data.cache_gb is not None or cameras else 10
 
     @property
     def has_critic(self) -> bool:

@@ -88,5 +88,7 @@ def test_nstep_default_and_saved_configs() -> None:
     assert build_config(TrainConfig, overrides=["data.store=x.zarr"]).critic_nstep == 10
     ooc = build_config(TrainConfig, overrides=["data.store=x.zarr", "data.cache_gb=1", "data.obs_keys=[image/top]"])
     assert ooc.critic_nstep == 1
+    cam = build_config(TrainConfig, overrides=["data.store=x.zarr", "data.obs_keys=[obs/observation,image/top]"])
+    assert cam.critic_nstep == 1
     old = build_config(TrainConfig, base=migrate_saved({"data": {"store": "x.zarr"}, "critic": {"steps": 100}}))
     assert old.critic_nstep == 1
