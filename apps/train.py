@@ -439,6 +439,9 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, progress: bool = True, s
           on_eval=None) -> Path:
     """Start a new run folder and train. Returns the run folder. Under torchrun, rank 0 makes the folder."""
     info = init_distributed(cfg.device)
+    if getattr(cfg.policy, "beta", "absent") is None:
+        # the run records the beta it trains with, so a later change of the library default cannot alter a resume
+        cfg = cfg.model_copy(update={"policy": cfg.policy.model_copy(update={"beta": cfg.policy.resolved_beta()})})
     run_dir = Path(cfg.out_dir) / (cfg.name or default_run_name(cfg))
     if info.is_main:
         check_run_dir(run_dir, overwrite=overwrite)

@@ -203,6 +203,10 @@ def migrate_saved(data: dict[str, Any]) -> dict[str, Any]:
     algorithm does not have are dropped (they did nothing). Only for saved configs, never for user input."""
     if isinstance(data.get("policy"), dict):
         data = {**data, "policy": migrate_policy_section(data["policy"])}
+    pol = data.get("policy")
+    if isinstance(pol, dict) and pol.get("algo") == "gmpg" and "beta" in pol and pol["beta"] is None:
+        # new runs record their resolved beta; a null one was saved while GMPG's default was 0.5 (before session 35)
+        data = {**data, "policy": {**pol, "beta": 0.5}}
     if isinstance(data.get("critic"), dict) and "nstep" not in data["critic"]:
         # saved before critic.nstep existed: those critics were trained with the one-step target (resumes keep it)
         data = {**data, "critic": {**data["critic"], "nstep": 1}}

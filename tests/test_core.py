@@ -53,7 +53,7 @@ def test_each_algorithm_owns_its_policy_fields():
     bc = build_config(TrainConfig, overrides=["policy.algo=bc", "critic.steps=0"]).policy
     assert bc.resolved_beta() is None and not hasattr(bc, "adv_norm")
     gmpg = build_config(TrainConfig, overrides=["policy.algo=gmpg", "policy.kl_batch=4"]).policy
-    assert (gmpg.resolved_beta(), gmpg.kl_batch) == (0.5, 4)
+    assert (gmpg.resolved_beta(), gmpg.kl_batch) == (1.0, 4)
 
 
 FLAT_POLICY = {  # a policy section as genctl wrote it before the per-algorithm configs: every field, every algo
@@ -74,6 +74,8 @@ def test_saved_flat_config_still_loads(tmp_path, algo):
         build_config(TrainConfig, file=f)
     cfg = load_saved_config(f)  # ... a run folder's saved config is migrated
     assert cfg.policy.algo == algo and cfg.policy.steps == 20 and cfg.policy.lr == 3e-4
+    # a GMPG run saved with beta null trained with the default of its time (0.5), not today's (1.0)
+    assert cfg.policy.resolved_beta() == {"bc": None, "gmpo": 10.0, "gmpg": 0.5}[algo]
     added_since = set(cfg.policy.model_dump()) - {"algo", *FLAT_POLICY}  # fields newer than the flat format ...
     fresh = build_config(TrainConfig, overrides=[f"policy.algo={algo}"]).policy
     assert {k: getattr(cfg.policy, k) for k in added_since} == {k: getattr(fresh, k) for k in added_since}  # ... default

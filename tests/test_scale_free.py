@@ -99,7 +99,7 @@ def test_advantage_normalisation_makes_weights_unit_free() -> None:
 def test_beta_defaults_and_reference_mode() -> None:
     cfg = build_config(TrainConfig, overrides=["policy.algo=gmpo"])
     assert cfg.policy.adv_norm == "std" and cfg.policy.resolved_beta() == 10.0
-    assert build_config(TrainConfig, overrides=["policy.algo=gmpg"]).policy.resolved_beta() == 0.5
+    assert build_config(TrainConfig, overrides=["policy.algo=gmpg"]).policy.resolved_beta() == 1.0
     with pytest.raises(ConfigError, match="policy.beta explicitly"):
         build_config(TrainConfig, overrides=["policy.algo=gmpo", "policy.adv_norm=none"])
     ref = build_config(TrainConfig, overrides=["policy.adv_norm=none", "policy.beta=3", "data.reward_scale=return_range"])

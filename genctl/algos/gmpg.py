@@ -15,10 +15,10 @@ from genctl.algos.base import AdvantagePolicy, AlgoSpec, BuildContext, Built, se
 
 
 class GMPGPolicyConfig(AdvantagePolicy):
-    default_beta: ClassVar[float] = 0.5
+    default_beta: ClassVar[float] = 1.0
     algo: Literal["gmpg"] = "gmpg"
     beta: float | None = Field(
-        None, description="weight of Q against the KL (bits per dimension); None = 0.5 with adv_norm=std "
+        None, description="weight of Q against the KL (bits per dimension); None = 1 with adv_norm=std "
         "(required with adv_norm=none)")
     behaviour_steps: int = Field(2000, ge=0, description="BC steps for the behaviour model mu")
     behaviour_lr: float = 1e-4
