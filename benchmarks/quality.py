@@ -299,6 +299,12 @@ def main() -> None:
     bad = [m for m in args.modes if m not in EVAL_MODES]
     if bad:
         ap.error(f"unknown --modes {bad}; choose from {sorted(EVAL_MODES)}")
+    for a in algos:  # --set comes after an algo's own budget (PER_ALGO): say when it replaces one
+        keys = lambda items: {i.split("=", 1)[0] for i in items}  # noqa: E731
+        hit = sorted((keys(args.set) & keys(PER_ALGO.get(a, []))) - keys(getattr(args, a, [])))
+        if hit:
+            print(f"note: --set {', '.join(hit)} replaces {a}'s own budget ({' '.join(PER_ALGO[a])}); "
+                  f"--{a} key=value sets it for {a} alone", file=sys.stderr, flush=True)
     t0 = time.time()
     store = Path(args.store) if args.report_only and args.store else make_store(args, out)
     print(f"store {store}; {len(algos)} algos x {len(seeds)} seeds, {args.parallel} at once", flush=True)
