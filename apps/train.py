@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from genctl.algos import BuildContext, spec_for
+from genctl.algos.base import AdvantagePolicy
 from genctl.apps.critic_report import (
     advantage_stats,
     critic_report,
@@ -439,7 +440,7 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, progress: bool = True, s
           on_eval=None) -> Path:
     """Start a new run folder and train. Returns the run folder. Under torchrun, rank 0 makes the folder."""
     info = init_distributed(cfg.device)
-    if getattr(cfg.policy, "beta", "absent") is None:
+    if isinstance(cfg.policy, AdvantagePolicy) and cfg.policy.beta is None:
         # the run records the beta it trains with, so a later change of the library default cannot alter a resume
         cfg = cfg.model_copy(update={"policy": cfg.policy.model_copy(update={"beta": cfg.policy.resolved_beta()})})
     run_dir = Path(cfg.out_dir) / (cfg.name or default_run_name(cfg))

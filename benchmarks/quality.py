@@ -299,8 +299,10 @@ def main() -> None:
     bad = [m for m in args.modes if m not in EVAL_MODES]
     if bad:
         ap.error(f"unknown --modes {bad}; choose from {sorted(EVAL_MODES)}")
+    def keys(items: list[str]) -> set[str]:
+        return {i.split("=", 1)[0] for i in items}
+
     for a in algos:  # --set comes after an algo's own budget (PER_ALGO): say when it replaces one
-        keys = lambda items: {i.split("=", 1)[0] for i in items}  # noqa: E731
         hit = sorted((keys(args.set) & keys(PER_ALGO.get(a, []))) - keys(getattr(args, a, [])))
         if hit:
             print(f"note: --set {', '.join(hit)} replaces {a}'s own budget ({' '.join(PER_ALGO[a])}); "
