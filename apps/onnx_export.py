@@ -4,7 +4,9 @@ The graph is ``actions = clip(unnormalise(solve(normalise(obs_history), noise)))
 step count unrolled (every grid time, its time-embedding projection and the noise->velocity coefficients are
 constants), so onnxruntime runs it with no Python per step and no torch (see ``onnx_policy.OnnxPolicy``).
 
-Inputs: ``obs_history`` (B, n_obs_steps, obs_dim) float32 in env units, oldest first, and ``noise``: the
+Inputs: ``obs_history`` (B, n_obs_steps, obs_dim) float32 in env units, oldest first (for a policy that sees
+cameras: each step's flat vector of ``datasets.obs_spec``, the low-dim keys then every camera's pixels as
+0..255 floats; the image encoder runs in the graph with its eval-time centre crop), and ``noise``: the
 sampler's *standard-normal* starting noise, already multiplied by the deployment temperature (the graph applies
 the path's prior std), (B, horizon * action_dim) float32, or (B, candidates, horizon * action_dim) for a run
 deployed with Q-selection. Output: ``actions`` (B, horizon, action_dim) in env units, clipped to the action
@@ -72,6 +74,7 @@ class SamplerGraph(nn.Module):
         if not isinstance(bb, ResidualMLPBackbone):
             raise GenctlError(f"ONNX export supports the residual MLP backbone, not {type(bb).__name__}")
         self.backbone = bb
+        self.encoder = model.obs_encoder  # a camera policy: flat rows (pixels included) -> features, centre crops
         self.n_obs, self.obs_dim = policy.n_obs_steps, policy.obs_dim
         self.horizon, self.action_dim = policy.horizon, policy.action_dim
         self.prior_std = float(model.path.prior_std)
@@ -99,7 +102,7 @@ class SamplerGraph(nn.Module):
         x = noise.reshape(b * n, d)
         if self.prior_std != 1.0:
             x = x * self.prior_std
-        x = self.solve(x, self.ttab, self.backbone.state_proj(rows))
+        x = self.solve(x, self.ttab, self.backbone.state_proj(rows if self.encoder is None else self.encoder(rows)))
         a = (x - self.act_offset) / self.act_scale  # the same float32 ops as Normalizer.unnormalize
         if self.clip:
             a = torch.minimum(torch.maximum(a, self.low), self.high)  # np.clip(a, low, high)
@@ -132,7 +135,8 @@ def sampler_meta(policy: LoadedPolicy, run: Path) -> dict[str, Any]:
         "prediction": policy.model.prediction, "prior_std": float(policy.model.path.prior_std),
         "temperature": policy.temperature, "select": policy.select, "candidates": candidates,
         "action_space": {"low": space.get("low"), "high": space.get("high")},
-        "env": policy.env_info, "source_checkpoint": str(policy.ck.path.resolve()), "source_run": str(run),
+        "env": policy.env_info, "obs_spec": policy.obs_spec.to_dict() if policy.obs_spec is not None else None,
+        "view": policy.view if policy.sees_cameras else None, "source_checkpoint": str(policy.ck.path.resolve()), "source_run": str(run),
         "step": policy.meta.get("step"),
         "inputs": {"obs_history": ["batch", policy.n_obs_steps, policy.obs_dim],
                    "noise": noise},
@@ -180,9 +184,6 @@ def export_onnx(run: str | Path, out: str | Path) -> Path:
     except ImportError:
         raise GenctlError("ONNX export needs the onnx package: pip install onnx onnxruntime") from None
     policy = LoadedPolicy.from_run(run)
-    if policy.sees_cameras:
-        raise GenctlError(f"{run}: this policy sees cameras (data.obs_keys); ONNX export covers state policies only "
-                          "(the image encoder is not exported yet)")
     meta = sampler_meta(policy, Path(run))
     data = build_onnx(policy, meta)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from genctl.apps.obs_history import stack_history
+from genctl.datasets.obs_spec import ObsSpec
 from genctl.errors import DataError, GenctlError
 
 META_KEY = "genctl"  # same key as onnx_export.META_KEY (not imported from there: that module imports torch)
@@ -72,6 +73,14 @@ class OnnxPolicy:
             raise DataError(f"{self.path}: genctl metadata select={self.select!r} / candidates={self.n_select} "
                             "is not valid")
         self.env_info: dict[str, Any] | None = m.get("env")
+        try:  # what the policy observes (keys, cameras); exports before it existed: the env's whole observation
+            self.obs_spec = ObsSpec.from_dict(m["obs_spec"]) if m.get("obs_spec") else None
+        except (KeyError, TypeError, ValueError) as e:
+            raise DataError(f"{self.path}: genctl metadata field 'obs_spec' is not valid ({e!r})") from None
+        if self.obs_spec is not None and self.obs_spec.dim != self.obs_dim:
+            raise DataError(f"{self.path}: genctl metadata obs_spec describes {self.obs_spec.dim} values per step, "
+                            f"obs_dim is {self.obs_dim}")
+        self.view: dict[str, Any] | None = m.get("view")  # the camera view the store was recorded with
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = int(threads)
@@ -84,6 +93,10 @@ class OnnxPolicy:
         if names != (["obs_history", "noise"], ["actions"]):
             raise DataError(f"{self.path}: graph has inputs/outputs {names}, expected "
                             "(['obs_history', 'noise'], ['actions'])")
+
+    @property
+    def sees_cameras(self) -> bool:
+        return self.obs_spec is not None and self.obs_spec.has_images
 
     def deployment(self) -> dict[str, Any]:
         return {"select": self.select, "candidates": self.n_select, "temperature": self.temperature,

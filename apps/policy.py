@@ -112,13 +112,7 @@ class LoadedPolicy:
         if not self.sees_cameras:
             return {}
         assert self.obs_spec is not None
-        cams = sorted({c.camera for c in self.obs_spec.cameras})
-        if not self.view or cams != [self.view.get("camera")]:
-            raise DataError(f"checkpoint {self.ck.path}: the policy sees cameras {cams}, but its store recorded "
-                            f"{'no camera view' if not self.view else 'camera ' + repr(self.view.get('camera'))} "
-                            "(only stores made with genctl collect --images can be re-rendered in simulation)")
-        return {"render_mode": "rgb_array", "camera": self.view["camera"], "width": int(self.view["width"]),
-                "height": int(self.view["height"])}
+        return self.obs_spec.render_overrides(self.view, f"checkpoint {self.ck.path}")
 
     def observe(self, env_obs: np.ndarray, env: Any = None) -> np.ndarray:
         """The policy's observation (D,) from the env's flat observation: the selected keys, then the camera
@@ -126,9 +120,7 @@ class LoadedPolicy:
         spec = self.obs_spec
         if spec is None or spec.is_default:
             return np.asarray(env_obs, np.float32)
-        low = spec.select_low(np.asarray(env_obs, np.float32)[None])
-        frames = {c.key: np.asarray(env.render())[None] for c in spec.cameras} if spec.has_images else None
-        return spec.compose(low, frames)[0]
+        return spec.observe(env_obs, env)
 
     def check_env(self, obs_dim: int, action_dim: int, env_id: str) -> None:
         if self.obs_spec is not None:  # the env's obs is mapped by observe(): compare what it reads

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from genctl.apps.client import Chunk, PolicyClient, ServerError
+from genctl.datasets.obs_spec import ObsSpec
 from genctl.errors import GenctlError
 
 
@@ -36,14 +37,16 @@ class _Requester(threading.Thread):
         super().__init__(daemon=True, name="genctl-robot-requester")
         self.client, self.dt = client, dt
         self.cv = threading.Condition()
-        self.pending: tuple[np.ndarray, int, int, float] | None = None  # history, episode, t0, perf time
+        # history, its camera frames ({cam: (T, H, W, C)} or None), episode, t0, perf time
+        self.pending: tuple[np.ndarray, dict[str, np.ndarray] | None, int, int, float] | None = None
         self.arrived: list[tuple[int, int, Chunk, float]] = []  # episode, t0, chunk, e2e ms
         self.stop = False
         self.error: BaseException | None = None
 
-    def submit(self, hist: np.ndarray, episode: int, t0: int) -> None:
+    def submit(self, hist: np.ndarray, episode: int, t0: int,
+               images: dict[str, np.ndarray] | None = None) -> None:
         with self.cv:
-            self.pending = (hist, episode, t0, time.perf_counter())
+            self.pending = (hist, images, episode, t0, time.perf_counter())
             self.cv.notify()
 
     def take(self) -> list[tuple[int, int, Chunk, float]]:
@@ -60,9 +63,9 @@ class _Requester(threading.Thread):
                     if self.stop:
                         return
                     assert self.pending is not None
-                    hist, ep, t0, t_obs = self.pending
+                    hist, images, ep, t0, t_obs = self.pending
                     self.pending = None
-                chunk = self.client.infer(hist, timestamp=time.time(), dt=self.dt)
+                chunk = self.client.infer(hist, timestamp=time.time(), dt=self.dt, images=images)
                 with self.cv:
                     self.arrived.append((ep, t0, chunk, (time.perf_counter() - t_obs) * 1e3))
                     self.cv.notify_all()
@@ -87,6 +90,11 @@ def _target_env(target: str) -> tuple[dict[str, Any], int | None, Path | None]:
     from genctl.envs import env_info
 
     return env_info(target), None, None
+
+
+def _stack(seen: deque, cams: list[str]) -> dict[str, np.ndarray] | None:
+    """{camera: (T, H, W, C)} frames of the history, oldest first (None for a state policy)."""
+    return {c: np.stack([f[c] for f in seen]) for c in cams} if cams else None
 
 
 def _pct(x: list[float]) -> dict[str, float]:
@@ -116,13 +124,29 @@ def robot_sim(target: str, *, server: str, hz: float, episodes: int = 10, seed: 
         raise GenctlError(f"--ahead must be in [0, min(horizon - n_action_steps, n_action_steps - 1)] = "
                           f"[0, {top}] for this policy (horizon {horizon}, n_action_steps {n_act}), "
                           f"got {ahead}")
-    env = make_env_from_info(info, **({"max_episode_steps": max_steps} if max_steps else {}))
+    # what the policy observes (its keys and cameras, from the server's meta): sliced and rendered here as
+    # genctl eval does; a server that does not say takes the env's whole observation
+    spec = ObsSpec.from_dict(client.meta["obs_spec"]) if client.meta.get("obs_spec") else None
+    try:
+        view = spec.render_overrides(client.meta.get("view"), f"server {server}") if spec is not None else {}
+    except GenctlError:
+        client.close()
+        raise
+    env = make_env_from_info(info, **({"max_episode_steps": max_steps} if max_steps else {}), **view)
     obs_dim, act_dim = int(np.prod(env.observation_space.shape)), int(np.prod(env.action_space.shape))
-    if obs_dim != client.obs_dim or act_dim != client.action_dim:
+    want = spec.env_obs_dim if spec is not None else client.obs_dim
+    if obs_dim != want or act_dim != client.action_dim:
         env.close()
         client.close()
-        raise GenctlError(f"the server's policy takes obs {client.obs_dim} / action {client.action_dim}, env "
+        raise GenctlError(f"the server's policy takes obs {want} / action {client.action_dim}, env "
                           f"{info.get('id')} has obs {obs_dim} / action {act_dim}")
+    cams = [c.camera for c in spec.cameras] if spec is not None else []
+
+    def observe(o: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The low-dim values the server takes, and this tick's frame of each camera."""
+        flat = np.asarray(o, np.float32).ravel()
+        low = spec.select_low(flat[None])[0] if spec is not None else flat
+        return low, ({c: np.asarray(env.render(), np.uint8) for c in cams} if cams else {})
     period = 1.0 / hz
     req = _Requester(client, period)
     req.start()
@@ -145,10 +169,11 @@ def robot_sim(target: str, *, server: str, hz: float, episodes: int = 10, seed: 
     try:
         for ep_i, s in enumerate(eval_seeds(episodes, start=seed)):
             obs, _ = env.reset(seed=s)
-            first = np.asarray(obs, np.float32).ravel()  # repeated as the history, as eval does
+            first, frames = observe(obs)  # repeated as the history, as eval does
             hist = deque([first] * client.n_obs_steps, maxlen=client.n_obs_steps)
+            seen = deque([frames] * client.n_obs_steps, maxlen=client.n_obs_steps)  # frames, as the history
             chunks: dict[int, np.ndarray] = {}  # t0 (tick of the observation) -> (horizon, A) actions
-            req.submit(np.stack(hist), ep_i, 0)
+            req.submit(np.stack(hist), ep_i, 0, _stack(seen, cams))
             deadline = time.perf_counter() + timeout
             while 0 not in chunks:  # the robot waits for its first plan
                 if time.perf_counter() > deadline:
@@ -180,9 +205,11 @@ def robot_sim(target: str, *, server: str, hz: float, episodes: int = 10, seed: 
                 ticks += 1
                 ret += float(r)
                 success |= bool(step_info.get("success", False))
-                hist.append(np.asarray(obs, np.float32).ravel())
+                low, frames = observe(obs)
+                hist.append(low)
+                seen.append(frames)
                 if (n + ahead) % n_act == 0:
-                    req.submit(np.stack(hist), ep_i, n)  # for the window starting at tick n + ahead
+                    req.submit(np.stack(hist), ep_i, n, _stack(seen, cams))  # for the window starting at tick n + ahead
                 for k in [k for k in chunks if n - k >= horizon]:
                     del chunks[k]
                 if term or trunc or (max_steps and n >= max_steps):

@@ -6,6 +6,10 @@ format is binary and schema-light (an observation is a numpy array as dtype/shap
 generation step, so a robot-side client in any language is a page of code; it is also openpi's choice. gRPC
 would add protobuf schemas and a compiler to every client for no gain on a loopback/LAN link.
 
+A policy that sees cameras takes its low-dim keys in ``obs`` and every camera's frame in ``images``; the server
+checks the frames (size, channels; decoded off the event loop) and composes the flat per-step vector the policy
+takes (``datasets.obs_spec``), so histories, batching and both backends are the same as for state policies.
+
 Serving model: one asyncio loop handles every connection (a connection is a session with its own observation
 history); inference runs in one worker thread. Requests that arrive while the worker is busy, or within
 ``batch_window_ms`` of each other, go into the same ``predict_chunk`` call (up to ``max_batch``; there is no
@@ -44,8 +48,9 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from genctl.apps.serve_batch import Batcher
-from genctl.apps.serve_input import check_images, check_obs, check_time
+from genctl.apps.serve_input import camera_frames, check_images, check_obs, check_time
 from genctl.apps.wire import WireError, pack, unpack
+from genctl.datasets.obs_spec import ObsSpec
 from genctl.errors import GenctlError
 
 log = logging.getLogger("genctl.serve")
@@ -67,6 +72,12 @@ class PolicyBackend(Protocol):
     def predict_chunk(self, obs_history: np.ndarray) -> np.ndarray:
         """(B, n_obs_steps, obs_dim) float32 -> (B, horizon, action_dim) float32 in env units."""
         ...
+
+
+def backend_spec(backend: Any) -> ObsSpec | None:
+    """What a backend observes (``obs_spec``: its keys and cameras), None for one that does not say."""
+    spec = getattr(backend, "obs_spec", None)
+    return spec if isinstance(spec, ObsSpec) else None
 
 
 @dataclass
@@ -131,6 +142,11 @@ class PolicyServer:
         self.cfg = config or ServeConfig()
         self.cfg.check()
         self.env_info, self.warm_up = env_info, warm_up
+        # a camera policy: requests carry the low-dim keys in "obs" and every camera's frame in "images"; the
+        # server composes the flat vector (pixels included) the backend takes
+        self.spec = backend_spec(backend)
+        self.cameras = self.spec.cameras if self.spec is not None else ()
+        self.obs_in = self.spec.low_dim if self.cameras and self.spec is not None else backend.obs_dim
         self.sessions: dict[int, Session] = {}
         self._ids = itertools.count(1)
         self._token = self.cfg.token.encode() if self.cfg.token else None
@@ -156,10 +172,17 @@ class PolicyServer:
 
     def meta(self) -> dict[str, Any]:
         b = self.backend
-        return {"type": "meta", "obs_dim": b.obs_dim, "action_dim": b.action_dim,
+        spec = self.spec
+        return {"type": "meta", "obs_dim": self.obs_in, "action_dim": b.action_dim,
                 "n_obs_steps": b.n_obs_steps, "horizon": b.horizon, "n_action_steps": b.n_action_steps,
                 "policy_version": self.version,
-                "env": self.env_info, "max_bytes": self.cfg.max_bytes, "fps": self.cfg.fps}
+                "env": self.env_info, "max_bytes": self.cfg.max_bytes, "fps": self.cfg.fps,
+                # what "obs" and "images" must carry: the low-dim keys in order, each camera's frame size, and
+                # the whole spec + camera view so a simulated robot can render and slice like genctl eval
+                "obs_keys": list(spec.low_keys) if spec is not None else None,
+                "cameras": {c.camera: [c.height, c.width, c.channels] for c in self.cameras},
+                "obs_spec": spec.to_dict() if spec is not None else None,
+                "view": getattr(b, "view", None) if self.cameras else None}
 
     async def _reply(self, sess: Session, raw: bytes | str) -> dict[str, Any]:
         t0 = time.perf_counter()
@@ -190,10 +213,16 @@ class PolicyServer:
         if kind != "infer":
             raise WireError(f"message type {kind!r}: expected 'infer', 'reset' or 'meta'")
         b = self.backend
-        obs = check_obs(msg.get("obs"), b.obs_dim, b.n_obs_steps)
+        obs = check_obs(msg.get("obs"), self.obs_in, b.n_obs_steps)
         stamp, dt = check_time(msg.get("timestamp"), msg.get("dt"), 1.0 / self.cfg.fps)
-        if msg.get("images") is not None:
-            loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
+        if self.cameras:  # decode/check the frames off the event loop, then the backend's flat rows
+            steps = len(obs) if obs.ndim == 2 else 1
+            frames = await loop.run_in_executor(None, camera_frames, msg.get("images"), self.cameras, steps)
+            assert self.spec is not None
+            rows = self.spec.compose(obs.reshape(steps, -1), frames)
+            obs = rows if obs.ndim == 2 else rows[0]
+        elif msg.get("images") is not None:
             sess.images.update(await loop.run_in_executor(None, check_images, msg["images"]))
         if obs.ndim == 2:  # a full history replaces the session's
             sess.history = deque(obs, maxlen=b.n_obs_steps)
@@ -339,9 +368,6 @@ def load_backend(run: str | None, onnx: str | None, device: str = "cpu"
     from genctl.apps.policy import LoadedPolicy
 
     policy = LoadedPolicy.from_run(run, device=str(resolve_device(device, label="--device ")))
-    if policy.sees_cameras:  # the wire carries images, but composing them into the policy's input is not built yet
-        raise GenctlError(f"{run}: this policy sees cameras (data.obs_keys); genctl serve does not serve camera "
-                          "policies yet (evaluate it with genctl eval, which renders its camera)")
     # the weights and meta that define the actions; not the optimiser state
     files = [p for p in policy.ck.path.iterdir() if p.is_file() and not p.name.startswith("optim")]
     return policy, f"step{policy.meta.get('step', '?')}-{_digest(files)}", policy.env_info
@@ -362,7 +388,8 @@ def serve_policy(run: str | None, *, onnx: str | None = None, device: str = "cpu
         while not ready.is_set() and not task.done():
             await asyncio.sleep(0.01)
         if ready.is_set():
-            print(f"serving {version} (obs {backend.obs_dim} x {backend.n_obs_steps} -> actions "
+            cams = "".join(f" + {c.camera} {c.height}x{c.width}x{c.channels}" for c in server.cameras)
+            print(f"serving {version} (obs {server.obs_in}{cams} x {backend.n_obs_steps} -> actions "
                   f"{backend.horizon} x {backend.action_dim}) on ws://{cfg.host}:{server.port}"
                   f"{'  (token required)' if cfg.token else ''}; Ctrl-C stops", flush=True)
         await task

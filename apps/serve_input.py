@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 
 from genctl.apps.wire import WireError
+from genctl.datasets.obs_spec import CameraSpec, check_frames
+from genctl.errors import DataError
 
 MAX_IMAGES = 8
 MAX_PIXELS = 4096 * 4096  # per image, checked from the header before a compressed image is decoded
@@ -68,8 +70,8 @@ def _decode_compressed(name: str, data: bytes) -> np.ndarray:
 def check_images(images: Any) -> dict[str, np.ndarray]:
     """``{name: uint8 (H, W) / (H, W, 1|3|4) array or JPEG/PNG bytes}`` -> decoded uint8 arrays.
 
-    The policies genctl trains today condition on the state vector only (vision is a later issue): frames are
-    validated and kept with the session for a vision backend, and do not change the actions."""
+    For a state policy: frames sent anyway are validated and kept with the session (they do not change the
+    actions); a camera policy's frames go through ``camera_frames``."""
     if not isinstance(images, dict) or len(images) > MAX_IMAGES:
         raise WireError(f"'images': expected a map of at most {MAX_IMAGES} camera names to frames")
     out = {}
@@ -86,4 +88,62 @@ def check_images(images: Any) -> dict[str, np.ndarray]:
         if not (img.ndim == 2 or (img.ndim == 3 and img.shape[2] in (1, 3, 4))) or 0 in img.shape:
             raise WireError(f"image {name!r} of shape {img.shape}: expected (H, W) or (H, W, 1|3|4)")
         out[name] = img
+    return out
+
+
+def _frame(name: str, img: Any, what: str) -> np.ndarray:
+    """One frame: a uint8 (H, W[, C]) array or JPEG/PNG bytes, decoded."""
+    if isinstance(img, bytes):
+        return _decode_compressed(name, img)
+    if not isinstance(img, np.ndarray):
+        raise WireError(f"image {name!r}: expected {what}, got {type(img).__name__}")
+    return img
+
+
+def camera_frames(images: Any, cameras: tuple[CameraSpec, ...], steps: int) -> dict[str, np.ndarray]:
+    """A camera policy's frames for ``steps`` observations -> ``{image/<cam>: (steps, H, W, C) uint8}``.
+
+    ``images`` maps each camera the policy sees (``top`` or ``image/top``) to one frame when ``obs`` is one
+    observation, or, with a full history, to ``steps`` frames oldest first: a (steps, H, W, C) array or a list
+    of frames. A frame is a uint8 array or JPEG/PNG bytes, at the size the policy was trained on (no resizing:
+    the encoder's features depend on the pixel scale); an RGBA frame for an RGB camera loses its alpha."""
+    want = [c.camera for c in cameras]
+    if not isinstance(images, dict) or not images:
+        raise WireError(f"'images': this policy sees cameras {want}: send their frames with every observation, "
+                        f"e.g. {{{want[0]!r}: uint8 (H, W, C) array or JPEG/PNG bytes}}")
+    if len(images) > MAX_IMAGES:
+        raise WireError(f"'images': expected a map of at most {MAX_IMAGES} camera names to frames")
+    given = {(k.split("/", 1)[1] if isinstance(k, str) and k.startswith("image/") else k): v
+             for k, v in images.items()}
+    extra = [k for k in given if k not in want]
+    missing = [k for k in want if k not in given]
+    if extra or missing:
+        raise WireError(f"'images' has cameras {sorted(map(str, given))}: this policy sees {want}"
+                        + (f" (missing {missing})" if missing else ""))
+    single = "a uint8 (H, W[, C]) array or JPEG/PNG bytes"
+    out = {}
+    for cam in cameras:
+        v = given[cam.camera]
+        if steps == 1 and not isinstance(v, list):
+            frames = [_frame(cam.camera, v, single)]
+        elif isinstance(v, list):
+            frames = [_frame(cam.camera, f, single) for f in v]
+        elif isinstance(v, np.ndarray) and v.ndim == 4:
+            frames = list(v)
+        else:
+            raise WireError(f"image {cam.camera!r}: with a history of {steps} observations, expected {steps} "
+                            f"frames: a uint8 ({steps}, H, W, C) array or a list of frames")
+        if len(frames) != steps:
+            raise WireError(f"image {cam.camera!r}: {len(frames)} frame(s) for {steps} observation(s)")
+        checked = []
+        for f in frames:
+            if f.ndim not in (2, 3):
+                raise WireError(f"image {cam.camera!r}: a frame of shape {f.shape}, expected (H, W) or (H, W, C)")
+            if f.ndim == 3 and f.shape[2] == 4 and cam.channels == 3:
+                f = f[..., :3]  # RGBA (a PNG screenshot): the alpha channel carries no scene
+            try:
+                checked.append(check_frames(f, cam, 1))
+            except DataError as e:
+                raise WireError(f"image {cam.camera!r}: {e}") from None
+        out[cam.key] = np.concatenate(checked)
     return out

@@ -7,12 +7,14 @@ the dtype is one of a short allow-list and that ``shape`` matches the byte count
 Messages (every request may carry ``"token"`` and ``"id"``; the reply echoes ``id``):
 
 * ``{"type": "meta"}`` -> ``{"type": "meta", obs_dim, action_dim, n_obs_steps, horizon, n_action_steps,
-  policy_version, env, max_bytes}``
+  policy_version, env, max_bytes, fps, obs_keys, cameras, obs_spec, view}``
 * ``{"type": "infer", "obs": (obs_dim,) | (n_obs_steps, obs_dim) float, "timestamp": s, "dt": s,
   "images": {name: uint8 (H, W[, C]) array | JPEG/PNG bytes}}`` -> ``{"type": "chunk", "actions": (horizon,
   action_dim) float32, "timestamps": (horizon,) float64, "policy_version", "server_ms", "batch"}``.
   A single observation is appended to the session's history (the server keeps the last n_obs_steps; the first
-  one after a reset fills it); a full history replaces it.
+  one after a reset fills it); a full history replaces it. For a policy that sees cameras (the meta's
+  ``cameras``: {name: [H, W, C]}), ``obs`` holds its low-dim keys (``obs_keys``) and ``images`` every camera's
+  frame, or with a full history its n_obs_steps frames ((T, H, W, C) array or a list), at the trained size.
 * ``{"type": "reset"}`` -> ``{"type": "ok"}``: the next observation starts a new episode.
 * any error -> ``{"type": "error", "error": "<what was expected>"}``; the connection stays usable.
 

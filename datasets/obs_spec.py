@@ -204,6 +204,26 @@ class ObsSpec:
             parts.append(img.reshape(len(low), -1).astype(np.float32))
         return np.concatenate(parts, axis=1)
 
+    def render_overrides(self, view: dict[str, Any] | None, where: str) -> dict[str, Any]:
+        """``make_env`` arguments so an env renders the camera this spec sees at its trained size ({} without
+        cameras); ``view`` is the camera settings the store was recorded with (checkpoint meta ``images``)."""
+        if not self.cameras:
+            return {}
+        cams = sorted({c.camera for c in self.cameras})
+        if not view or cams != [view.get("camera")]:
+            raise DataError(f"{where}: the policy sees cameras {cams}, but its store recorded "
+                            f"{'no camera view' if not view else 'camera ' + repr(view.get('camera'))} "
+                            "(only stores made with genctl collect --images can be re-rendered in simulation)")
+        return {"render_mode": "rgb_array", "camera": view["camera"], "width": int(view["width"]),
+                "height": int(view["height"])}
+
+    def observe(self, env_obs: np.ndarray, env: Any = None) -> np.ndarray:
+        """One step's flat observation (dim,) from the env's flat observation and, for cameras, the frame
+        ``env.render()`` gives (an env built with ``render_overrides``)."""
+        low = self.select_low(np.asarray(env_obs, np.float32).ravel()[None])
+        frames = {c.key: np.asarray(env.render())[None] for c in self.cameras} if self.cameras else None
+        return self.compose(low, frames)[0]
+
     def stats_from_store(self, stats: dict[str, Any]) -> dict[str, list[float]] | None:
         """Normaliser statistics of the whole flat vector from a store's ``attrs["stats"]`` (None if missing)."""
         parts = []

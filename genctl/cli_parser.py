@@ -144,8 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="serve a policy over websockets (msgpack) to robots in other processes",
                        description="Serve a trained run (or an ONNX export, without torch) to robot processes: a "
-                       "client sends an observation (or its history; images as uint8 arrays or JPEG/PNG bytes) "
-                       "and gets an action chunk with per-action timestamps, the policy version and the server "
+                       "client sends an observation (or its history) and, for a policy that sees cameras, each camera's "
+                       "frame at the trained size (uint8 array or JPEG/PNG bytes), and gets an action chunk with per-action timestamps, the policy version and the server "
                        "latency. Requests from several clients are batched into one policy call. Binds "
                        "127.0.0.1; any other --host needs a token. Client: genctl.apps.client.PolicyClient.")
     p.add_argument("run", nargs="?", help="run folder or checkpoint folder (or give --onnx instead)")
