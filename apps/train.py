@@ -440,9 +440,12 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, progress: bool = True, s
           on_eval=None) -> Path:
     """Start a new run folder and train. Returns the run folder. Under torchrun, rank 0 makes the folder."""
     info = init_distributed(cfg.device)
+    # the run records the defaults it resolves (beta, the critic's n-step target), so a later change of a library
+    # default cannot alter a resume of this run
     if isinstance(cfg.policy, AdvantagePolicy) and cfg.policy.beta is None:
-        # the run records the beta it trains with, so a later change of the library default cannot alter a resume
         cfg = cfg.model_copy(update={"policy": cfg.policy.model_copy(update={"beta": cfg.policy.resolved_beta()})})
+    if cfg.critic.nstep is None:
+        cfg = cfg.model_copy(update={"critic": cfg.critic.model_copy(update={"nstep": cfg.critic_nstep})})
     run_dir = Path(cfg.out_dir) / (cfg.name or default_run_name(cfg))
     if info.is_main:
         check_run_dir(run_dir, overwrite=overwrite)

@@ -137,5 +137,6 @@ def test_demo_fast_compares_with_its_data(tmp_path: Path) -> None:
 
     cfg = yaml.safe_load((tmp_path / "runs" / "demo-gmpo" / "config.yaml").read_text())
     assert bool(cfg["amp"]) is cpu_has_fast_bf16() and cfg["critic"]["amp"] is cpu_has_fast_bf16()
-    assert cfg["policy"]["beta"] == 10.0  # the run records the resolved default, not null
+    # the run records the resolved defaults, not null
+    assert cfg["policy"]["beta"] == 10.0 and cfg["critic"]["nstep"] == 10
     assert ("bf16 autocast" if cpu_has_fast_bf16() else "fp32") in r.stdout
