@@ -71,6 +71,8 @@ def build_report(results: list[Episode], policy: LoadedPolicy, latencies: list[f
 def _mode(r: dict[str, Any]) -> str:
     t = r.get("temperature", 1.0)
     how = "deterministic" if t == 0 else ("sampled" if t == 1 else f"temperature {t:g}")
+    if r.get("weights") == "raw":  # the optimiser's last weights, not the moving average
+        how += ", raw weights"
     if r.get("select") == "q":
         return f"best-Q of {r['candidates']} {how}"
     return how

@@ -71,8 +71,9 @@ class EvalOptions:
     from its ``eval.*`` config, ``solver`` / ``steps`` from its sampler, ``n_action_steps`` (actions executed per
     policy call) from ``data.n_action_steps``, and the deployment mode from ``eval.select`` (``sample`` one
     action, or ``q``: sample ``select_candidates`` and execute the highest-Q one) and ``eval.temperature`` (0 =
-    deterministic). ``candidates`` / ``frame_every``: rerun candidate cloud and camera frames; ``out``: the report
-    path (default: RUN/eval.json, every eval also kept under RUN/evals)."""
+    deterministic). ``weights``: ``ema`` (the policy's moving average where the run kept one) or ``raw`` (the
+    optimiser's last weights). ``candidates`` / ``frame_every``: rerun candidate cloud and camera frames; ``out``:
+    the report path (default: RUN/eval.json, every eval also kept under RUN/evals)."""
 
     episodes: int | None = None
     envs: int | None = None
@@ -85,6 +86,7 @@ class EvalOptions:
     select_candidates: int | None = None
     temperature: float | None = None
     bf16_sampler: bool | None = None
+    weights: str = "ema"
     device: str = "cpu"
     rerun: tuple[str, str | None] | None = None
     rerun_episodes: int | None = None
@@ -98,6 +100,8 @@ class EvalOptions:
             value = getattr(self, name)
             if value is not None and value < low:
                 raise OptionError(name, f"must be >= {low}, got {value}")
+        if self.weights not in ("ema", "raw"):
+            raise OptionError("weights", f"must be 'ema' or 'raw', got {self.weights!r}")
 
 
 @dataclass(frozen=True)
@@ -275,7 +279,7 @@ def evaluate(run: str | Path, options: EvalOptions | None = None, /, *, policy: 
     dinfo = init_distributed(dev.type)
     if dinfo.enabled and dev.type == "cuda":
         dev = torch.device("cuda", dinfo.local_rank)
-    policy = policy or LoadedPolicy.from_run(run, device=str(dev))
+    policy = policy or LoadedPolicy.from_run(run, device=str(dev), use_ema=opts.weights == "ema")
     policy.configure(select=opts.select, candidates=opts.select_candidates, temperature=opts.temperature,
                      bf16_sampler=opts.bf16_sampler)
     s = _resolve(run, opts, policy, dinfo)
@@ -296,7 +300,7 @@ def evaluate(run: str | Path, options: EvalOptions | None = None, /, *, policy: 
         wall = max(p[3] for p in parts)  # processes ran concurrently: aggregate rate = all steps / wall
         chunks = sum(p[4] for p in parts)
     report = build_report(results, policy, latencies, env_steps, wall, solver=s.solver, steps=s.steps, k=s.k)
-    report.update(policy.deployment())
+    report.update(policy.deployment(), weights=policy.weights)
     report.update(s.spec.to_meta(), policy_calls=len(latencies), chunks_predicted=chunks,
                   actions_per_call=env_steps / len(latencies) if latencies else math.nan,
                   actions_per_chunk=env_steps / chunks if chunks else math.nan)
@@ -318,6 +322,8 @@ def _write(report: dict[str, Any], s: _Setup, out: Path | None) -> dict[str, Any
             tags.append(f"q{report['candidates']}")
         if report.get("temperature", 1.0) != 1.0:
             tags.append(f"t{report['temperature']:g}")
+        if report.get("weights") == "raw":
+            tags.append("raw")
         kept, n = keep / f"{'-'.join(tags)}.json", 1
         while kept.exists():  # two evals within a second
             kept, n = keep / f"{'-'.join(tags)}-{n}.json", n + 1

@@ -62,6 +62,7 @@ class LoadedPolicy:
         self._field = "model"
         self.model = make_generative_model(**m["model"]).to(self.device).eval()
         group = "ema" if use_ema and ck.has("ema") else "policy"
+        self.weights = "ema" if group == "ema" else "raw"  # which weights act (eval.json records it)
         load_module(self.model, ck.group(group), f"checkpoint {ck.path} ({group})")
         if (self.model.action_dim, self.model.cond_dim) != (self.horizon * self.action_dim,
                                                             self.n_obs_steps * self.obs_dim):

@@ -88,7 +88,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                        frame_every=args.frame_every, max_episode_steps=args.max_episode_steps, device=args.device,
                        out=Path(args.out) if args.out else None, progress=not args.quiet,
                        n_action_steps=args.n_action_steps, select=args.select, select_candidates=ranked,
-                       temperature=temperature, bf16_sampler=args.bf16_sampler or None)
+                       temperature=temperature, bf16_sampler=args.bf16_sampler or None,
+                       weights=args.weights)
     with _flags({"seed_start": "--seed", "select_candidates": "--candidates"}):
         opts.check()
         resolve_device(args.device, label="--device ")  # the device errors name the flag

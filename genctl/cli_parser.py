@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bf16-sampler", action="store_true",
                    help="CPU: the sampler's network in bfloat16 when a call has >= 8 rows (--envs 8+, --select q) "
                    "on CPUs with native bf16; ~1.5x faster, ~1e-3 action error; recorded in eval.json")
+    p.add_argument("--weights", choices=["ema", "raw"], default="ema",
+                   help="which weights act: ema = the policy's moving average (default, when the run kept one), "
+                   "raw = the optimiser's last weights; recorded in eval.json")
     p.add_argument("--rerun-episodes", type=int, help="record only the first N episodes in rerun")
     p.add_argument("--frame-every", type=int, default=1, help="log a camera frame every N steps (0 = none)")
     p.add_argument("--device", default="cpu", help="where the policy runs: cpu, cuda, cuda:N or auto (default cpu; "

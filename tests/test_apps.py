@@ -167,7 +167,19 @@ def test_evals_are_kept_and_eval_json_is_the_latest(trained):
     before = set((run / "evals").glob("2*.json")) if (run / "evals").exists() else set()
     cli("eval", str(run), "--episodes", "1", "--max-episode-steps", "5", "--frame-every", "0")
     cli("eval", str(run), "--episodes", "1", "--max-episode-steps", "5", "--frame-every", "0", "--temperature", "0.5")
+    r = cli("eval", str(run), "--episodes", "1", "--max-episode-steps", "5", "--frame-every", "0", "--deterministic",
+            "--weights", "raw")
     new = sorted(set((run / "evals").glob("2*.json")) - before, key=lambda p: p.stat().st_mtime_ns)
-    assert len(new) == 2 and new[0].name.endswith("-euler-4.json") and new[1].name.endswith("-euler-4-t0.5.json")
-    latest = json.loads((run / "eval.json").read_text())
-    assert latest["kept_as"] == str(new[1]) and latest["temperature"] == 0.5
+    assert len(new) == 3 and new[0].name.endswith("-euler-4.json") and new[1].name.endswith("-euler-4-t0.5.json")
+    assert new[2].name.endswith("-euler-4-t0-raw.json") and "raw weights" in r.stdout
+    first, latest = (json.loads(p.read_text()) for p in (new[0], run / "eval.json"))
+    assert first["weights"] == "ema" and latest["kept_as"] == str(new[2]) and latest["weights"] == "raw"
+    # the raw weights are the optimiser's, not the moving average's: the deterministic actions differ
+    from genctl.apps.policy import LoadedPolicy
+
+    ema, raw = LoadedPolicy.from_run(run), LoadedPolicy.from_run(run, use_ema=False)
+    assert (ema.weights, raw.weights) == ("ema", "raw")
+    for p in (ema, raw):
+        p.configure(temperature=0.0)
+    obs = np.zeros((1, ema.obs_dim), np.float32)
+    assert np.abs(ema.predict_chunk(obs) - raw.predict_chunk(obs)).max() > 1e-6
