@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/policy_advantage.py --critic runs/critic-s3 runs/bc-s3 runs/gmpg-s3 \
         runs/gmpg-s3/checkpoints/step-000000150
 
-For each run (or checkpoint folder), one action is sampled (deployed EMA weights, the run's own sampler and
-temperature 1) at each of ``--states`` training states drawn from the critic's store; the critic scores it as
+For each run (or checkpoint folder), one action is sampled (deployed EMA weights, and with ``--raw`` also the
+optimiser's last weights; the run's own sampler and temperature 1) at each of ``--states`` training states drawn from the critic's store; the critic scores it as
 A_n = (Q(s, a) - V(s) - mean) / std, with mean and std of the *logged* actions' advantage from the critic run's
 ``critic.json`` (the same scale GMPO and GMPG use, so 0 = an average logged action, +1 = one spread better).
 Prints mean A_n, the fraction of actions above V, and the run's closed-loop score next to it when its
@@ -25,9 +25,13 @@ from genctl.apps.policy import LoadedPolicy, find_checkpoint
 from genctl.datasets import EpisodeStore
 
 
-def closed_loop_score(path: Path) -> float | None:
-    """D4RL-normalised score (or success rate in %) of the eval written for this run or checkpoint."""
-    ev = path / "eval.json" if (path / "config.yaml").exists() else path.parent.parent / "evals" / f"{path.name}.json"
+def closed_loop_score(path: Path, weights: str = "ema") -> float | None:
+    """D4RL-normalised score (or success rate in %) of the eval written for this run or checkpoint (for the raw
+    weights of a run: its ``eval-raw.json``, from ``genctl eval RUN --weights raw -o RUN/eval-raw.json``)."""
+    name = "eval.json" if weights == "ema" else "eval-raw.json"
+    ev = path / name if (path / "config.yaml").exists() else path.parent.parent / "evals" / f"{path.name}.json"
+    if weights == "raw" and not (path / "config.yaml").exists():
+        return None
     if not ev.exists():
         return None
     r = json.loads(ev.read_text())
@@ -41,6 +45,7 @@ def main() -> None:
     ap.add_argument("--critic", required=True, help="run whose critic (and critic.json scale) scores the actions")
     ap.add_argument("--states", type=int, default=4096, help="training states sampled from the critic's store")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--raw", action="store_true", help="also score each run's raw (non-EMA) weights")
     args = ap.parse_args()
 
     critic_run = Path(args.critic)
@@ -58,10 +63,12 @@ def main() -> None:
     print("| run | mean A_n | A > V | closed-loop score |\n|---|---:|---:|---:|")
     for r in args.runs:
         path = Path(r)
-        r_adv = policy_advantage(LoadedPolicy(find_checkpoint(path)), judge, states, adv, seed=args.seed)
-        score = closed_loop_score(path)
-        print(f"| {r} | {r_adv['adv_n_mean']:+.2f} | {100 * r_adv['above_v']:.0f} % | "
-              + ("—" if score is None else f"{score:.1f}") + " |", flush=True)
+        for weights in ("ema", "raw") if args.raw else ("ema",):
+            pol = LoadedPolicy(find_checkpoint(path), use_ema=weights == "ema")
+            r_adv = policy_advantage(pol, judge, states, adv, seed=args.seed)
+            score = closed_loop_score(path, pol.weights)
+            print(f"| {r}{' (raw)' if pol.weights == 'raw' else ''} | {r_adv['adv_n_mean']:+.2f} | "
+                  f"{100 * r_adv['above_v']:.0f} % | " + ("—" if score is None else f"{score:.1f}") + " |", flush=True)
 
 
 if __name__ == "__main__":
