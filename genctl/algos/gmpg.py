@@ -30,6 +30,11 @@ class GMPGPolicyConfig(AdvantagePolicy):
     solver: Literal["euler", "heun", "midpoint"] = "euler"
     exact_trace: bool | None = Field(
         None, description="exact log-density of the discrete sampler vs Hutchinson; None = exact for D <= 8")
+    ema_decay: float | None = Field(
+        0.995, description="EMA of policy weights used for eval; None = off. For GMPG it is also a trust region: "
+        "after 200 steps 37 % of the deployed weights are still mu's; the optimiser's last weights climbed past the "
+        "critic's reliable range on hopper (score 10 against the EMA's 48, docs/results.md 3q), so more steps or "
+        "a lower decay let the deployed policy follow them")
     kl_batch: int | None = Field(
         None, ge=1, description="estimate the KL term on this many rows of each batch (None = all, as the "
         "reference); unbiased, cheaper, noisier")
