@@ -124,12 +124,12 @@ def camera_frames(images: Any, cameras: tuple[CameraSpec, ...], steps: int) -> d
     out = {}
     for cam in cameras:
         v = given[cam.camera]
-        if steps == 1 and not isinstance(v, list):
-            frames = [_frame(cam.camera, v, single)]
-        elif isinstance(v, list):
+        if isinstance(v, list):
             frames = [_frame(cam.camera, f, single) for f in v]
-        elif isinstance(v, np.ndarray) and v.ndim == 4:
+        elif isinstance(v, np.ndarray) and v.ndim == 4:  # (T, H, W, C), also T = 1
             frames = list(v)
+        elif steps == 1:
+            frames = [_frame(cam.camera, v, single)]
         else:
             raise WireError(f"image {cam.camera!r}: with a history of {steps} observations, expected {steps} "
                             f"frames: a uint8 ({steps}, H, W, C) array or a list of frames")

@@ -12,6 +12,7 @@ and the mean number of requests that shared one policy call.
 Modes: ``nobatch`` = ``--max-batch 1`` (one policy call per request, in arrival order); ``batch`` =
 ``--max-batch 16 --batch-window-ms 1`` (requests that arrive while the worker is busy, or within 1 ms, share a
 call); ``batch0`` = ``--max-batch 16 --batch-window-ms 0`` (share only what is already queued).
+For a policy that sees cameras every request also carries each camera's frames at the trained size (raw uint8).
 Clients and server share this machine's cores, so absolute numbers are a lower bound for a robot on a LAN.
 """
 
@@ -57,25 +58,29 @@ def run_clients(addr: str, n_clients: int, n_requests: int) -> dict[str, float]:
     c0 = clients[0]
     rng = np.random.default_rng(0)
     obs = rng.normal(size=(n_clients, c0.n_obs_steps, c0.obs_dim)).astype(np.float32)
-    for c, o in zip(clients, obs, strict=True):  # warm-up, not timed
-        c.infer(o)
+    # a policy that sees cameras: every request carries each camera's frames (raw uint8, the history's worth)
+    cams = {k: tuple(v) for k, v in (c0.meta.get("cameras") or {}).items()}
+    frames = [{k: rng.integers(0, 256, size=(c0.n_obs_steps, *hwc), dtype=np.uint8) for k, hwc in cams.items()}
+              or None for _ in range(n_clients)]
+    for c, o, f in zip(clients, obs, frames, strict=True):  # warm-up, not timed
+        c.infer(o, images=f)
     rtt: list[float] = []
     server: list[float] = []
     batch: list[int] = []
     lock = threading.Lock()
     barrier = threading.Barrier(n_clients + 1)
 
-    def work(c: PolicyClient, o: np.ndarray) -> None:
+    def work(c: PolicyClient, o: np.ndarray, f: dict[str, np.ndarray] | None) -> None:
         mine = []
         barrier.wait()
         for _ in range(n_requests):
-            mine.append(c.infer(o))
+            mine.append(c.infer(o, images=f))
         with lock:
             rtt.extend(x.rtt_ms for x in mine)
             server.extend(x.server_ms for x in mine)
             batch.extend(x.batch for x in mine)
 
-    threads = [threading.Thread(target=work, args=(c, o)) for c, o in zip(clients, obs, strict=True)]
+    threads = [threading.Thread(target=work, args=(c, o, f)) for c, o, f in zip(clients, obs, frames, strict=True)]
     for t in threads:
         t.start()
     barrier.wait()

@@ -110,6 +110,10 @@ def test_served_camera_policy_matches_local_and_bad_frames_get_clear_errors(run:
         got = c.infer(low[0], images={"top": frames[0]}).actions
         want = local.predict_chunk(np.repeat(spec.compose(low[:1], {"image/top": frames[:1]}), 2, 0)[None])[0]
         np.testing.assert_allclose(got, want, atol=1e-4)
+        # a (1, H, W, C) stack for one observation is the same frame
+        np.testing.assert_allclose(c.infer(low[0], images={"top": frames[:1]}).actions, want, atol=1e-4)
+        c.reset()
+        np.testing.assert_allclose(c.infer(low[0], images={"top": frames[0]}).actions, want, atol=1e-4)
         # the next one is appended: the history is [first, second]
         got = c.infer(low[1], images={"image/top": frames[1]}).actions
         assert np.abs(c.infer(low, images={"top": 255 - frames}).actions - got).max() > 5e-4  # frames matter (5x the atol)
