@@ -201,9 +201,12 @@ def test_traced_sampler_matches_eager_and_follows_weight_updates() -> None:
     assert torch.allclose(model.sample(cond, noise=z, steps=6, solver="heun"), eager2, atol=1e-5)
 
 
-def test_models_of_one_architecture_share_one_trace_and_each_gets_its_own_weights() -> None:
+def test_models_of_one_architecture_share_one_trace_and_each_gets_its_own_weights(monkeypatch) -> None:
     from genctl.policies import fast_solve
 
+    # the process-wide trace budget is shared with every earlier in-process test: start this one with it unused
+    # (what is checked here is one trace per architecture, below, not the budget)
+    monkeypatch.setattr(fast_solve, "_traced_steps", 0)
     models = [make_generative_model("gvp", 2, 3, hidden=[16, 8]) for _ in range(3)]
     models.append(copy.deepcopy(models[0]))  # as EMA copies the policy: must not be mistaken for the original
     with torch.no_grad():
