@@ -110,9 +110,8 @@ class LoadedPolicy:
 
     def env_overrides(self) -> dict[str, Any]:
         """make_env arguments so the env renders what the policy was trained on (camera, size); {} without cameras."""
-        if not self.sees_cameras:
+        if self.obs_spec is None:
             return {}
-        assert self.obs_spec is not None
         return self.obs_spec.render_overrides(self.view, f"checkpoint {self.ck.path}")
 
     def observe(self, env_obs: np.ndarray, env: Any = None) -> np.ndarray:

@@ -67,13 +67,17 @@ def _decode_compressed(name: str, data: bytes) -> np.ndarray:
                         f"({type(e).__name__})") from None
 
 
+def _check_map(images: Any) -> None:
+    if not isinstance(images, dict) or len(images) > MAX_IMAGES:
+        raise WireError(f"'images': expected a map of at most {MAX_IMAGES} camera names to frames")
+
+
 def check_images(images: Any) -> dict[str, np.ndarray]:
     """``{name: uint8 (H, W) / (H, W, 1|3|4) array or JPEG/PNG bytes}`` -> decoded uint8 arrays.
 
     For a state policy: frames sent anyway are validated and kept with the session (they do not change the
     actions); a camera policy's frames go through ``camera_frames``."""
-    if not isinstance(images, dict) or len(images) > MAX_IMAGES:
-        raise WireError(f"'images': expected a map of at most {MAX_IMAGES} camera names to frames")
+    _check_map(images)
     out = {}
     for name, img in images.items():
         if not isinstance(name, str):
@@ -111,8 +115,7 @@ def camera_frames(images: Any, cameras: tuple[CameraSpec, ...], steps: int) -> d
     if not isinstance(images, dict) or not images:
         raise WireError(f"'images': this policy sees cameras {want}: send their frames with every observation, "
                         f"e.g. {{{want[0]!r}: uint8 (H, W, C) array or JPEG/PNG bytes}}")
-    if len(images) > MAX_IMAGES:
-        raise WireError(f"'images': expected a map of at most {MAX_IMAGES} camera names to frames")
+    _check_map(images)
     given = {(k.split("/", 1)[1] if isinstance(k, str) and k.startswith("image/") else k): v
              for k, v in images.items()}
     extra = [k for k in given if k not in want]

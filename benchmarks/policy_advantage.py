@@ -4,7 +4,8 @@
         runs/gmpg-s3/checkpoints/step-000000150
 
 For each run (or checkpoint folder), one action is sampled (deployed EMA weights, and with ``--raw`` also the
-optimiser's last weights; the run's own sampler and temperature 1) at each of ``--states`` training states drawn from the critic's store; the critic scores it as
+optimiser's last weights; the run's own sampler and temperature 1) at each of ``--states`` training states drawn
+from the critic's store; the critic scores it as
 A_n = (Q(s, a) - V(s) - mean) / std, with mean and std of the *logged* actions' advantage from the critic run's
 ``critic.json`` (the same scale GMPO and GMPG use, so 0 = an average logged action, +1 = one spread better).
 Prints mean A_n, the fraction of actions above V, and the run's closed-loop score next to it when its
@@ -28,9 +29,11 @@ from genctl.datasets import EpisodeStore
 def closed_loop_score(path: Path, weights: str = "ema") -> float | None:
     """D4RL-normalised score (or success rate in %) of the eval written for this run or checkpoint (for the raw
     weights of a run: its ``eval-raw.json``, from ``genctl eval RUN --weights raw -o RUN/eval-raw.json``)."""
-    name = "eval.json" if weights == "ema" else "eval-raw.json"
-    ev = path / name if (path / "config.yaml").exists() else path.parent.parent / "evals" / f"{path.name}.json"
-    if weights == "raw" and not (path / "config.yaml").exists():
+    if (path / "config.yaml").exists():
+        ev = path / ("eval.json" if weights == "ema" else "eval-raw.json")
+    elif weights == "ema":
+        ev = path.parent.parent / "evals" / f"{path.name}.json"
+    else:  # a checkpoint's in-training evals used its EMA weights
         return None
     if not ev.exists():
         return None

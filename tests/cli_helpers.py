@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -30,3 +31,21 @@ def tiny_maze_run(root: Path, *, seed: int, episodes: int, train: Sequence[str],
                  *collect, "--seed", str(seed), "-o", str(store)]) == 0
     assert main(["--quiet", "train", f"data.store={store}", f"out_dir={root}", "name=run", *train]) == 0
     return store, root / "run"
+
+
+@contextmanager
+def onnx_server(onnx: Path) -> Iterator[tuple[str, str]]:
+    """``genctl serve --onnx FILE --port 0`` in a subprocess: yields (its "serving ..." line, host:port), after
+    checking that the server process never loaded libtorch (served with onnxruntime alone); stopped on exit."""
+    proc = subprocess.Popen([sys.executable, "-m", "genctl", "serve", "--onnx", str(onnx), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, MUJOCO_GL="egl", OMP_NUM_THREADS="1"))
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # "serving step10-<hash> (...) on ws://127.0.0.1:PORT; ..."
+        assert "ws://127.0.0.1:" in line, line + proc.stdout.read()
+        assert "libtorch" not in Path(f"/proc/{proc.pid}/maps").read_text()
+        yield line, line.split("ws://")[1].split(";")[0]
+    finally:
+        proc.terminate()
+        proc.wait(10)

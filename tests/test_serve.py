@@ -16,6 +16,7 @@ from pathlib import Path
 import msgpack
 import numpy as np
 import pytest
+from cli_helpers import onnx_server
 
 from genctl.apps.client import PolicyClient, ServerError, encode_jpeg
 from genctl.apps.serve import PolicyServer, ServeConfig, ServerThread, is_loopback
@@ -277,15 +278,7 @@ def test_cli_serves_an_onnx_export_without_torch_to_robot_sim(run: Path, tmp_pat
 
     onnx = tmp_path / "policy.onnx"
     export_onnx(run, onnx)
-    proc = subprocess.Popen([sys.executable, "-m", "genctl", "serve", "--onnx", str(onnx), "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=dict(os.environ, MUJOCO_GL="egl", OMP_NUM_THREADS="1"))
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()  # "serving step10-<hash> (...) on ws://127.0.0.1:PORT; ..."
-        assert "ws://127.0.0.1:" in line, line + proc.stdout.read()
-        addr = line.split("ws://")[1].split(";")[0]
-        assert "libtorch" not in Path(f"/proc/{proc.pid}/maps").read_text()  # served with onnxruntime alone
+    with onnx_server(onnx) as (_, addr):
         out = tmp_path / "rs.json"
         assert main(["--quiet", "robot-sim", "PointMaze_UMaze-v3", "--server", addr, "--hz", "50",
                      "--episodes", "1", "--max-steps", "6", "-o", str(out)]) == 0
@@ -294,6 +287,3 @@ def test_cli_serves_an_onnx_export_without_torch_to_robot_sim(run: Path, tmp_pat
         # an env whose sizes the policy does not take is refused with one line
         assert main(["--quiet", "robot-sim", "Hopper-v5", "--server", addr, "--hz", "50",
                      "--episodes", "1"]) == 2
-    finally:
-        proc.terminate()
-        proc.wait(10)

@@ -6,10 +6,7 @@ the camera like genctl eval, so with no deadline misses its episodes are eval's.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -17,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from cli_helpers import genctl_ok as cli
+from cli_helpers import onnx_server
 
 from genctl.apps.client import PolicyClient, ServerError, encode_jpeg
 from genctl.apps.policy import LoadedPolicy
@@ -162,19 +160,9 @@ def test_cli_serves_a_camera_onnx_export_to_robot_sim(run: Path, tmp_path: Path)
     pytest.importorskip("onnxruntime")
     onnx = tmp_path / "cam.onnx"
     cli("export", str(run), "--onnx", str(onnx))
-    proc = subprocess.Popen([sys.executable, "-m", "genctl", "serve", "--onnx", str(onnx), "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=dict(os.environ, MUJOCO_GL="egl", OMP_NUM_THREADS="1"))
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()  # "serving step6-<hash> (obs 4 + top 32x32x3 x 2 -> ...) on ws://..."
-        assert "ws://127.0.0.1:" in line and f"top {HW}x{HW}x3" in line, line + proc.stdout.read()
-        addr = line.split("ws://")[1].split(";")[0]
-        assert "libtorch" not in Path(f"/proc/{proc.pid}/maps").read_text()  # onnxruntime alone
+    with onnx_server(onnx) as (line, addr):  # "serving step6-<hash> (obs 4 + top 32x32x3 x 2 -> ...) on ws://..."
+        assert f"top {HW}x{HW}x3" in line, line
         out = tmp_path / "rs.json"
         cli("robot-sim", "PointMaze_UMaze-v3", "--server", addr, "--hz", "20", "--episodes", "1",
             "--max-steps", "6", "-o", str(out))
         assert json.loads(out.read_text())["ticks"] == 6
-    finally:
-        proc.terminate()
-        proc.wait(10)
