@@ -45,6 +45,7 @@ from genctl.datasets import (
     Normalizer,
     SeqSpec,
     TransitionBatcher,
+    best_episodes,
     build_windows,
     episode_split,
     load_transitions,
@@ -116,6 +117,8 @@ class Trainer(CheckpointMixin):
     def _build_data(self) -> None:
         cfg, store = self.cfg, self.store
         train_eps, val_eps = episode_split(store.n_episodes, cfg.data.val_frac, cfg.seed)
+        if cfg.data.top_frac < 1.0:
+            train_eps = self._best_training_episodes(train_eps)
         self.val_episodes = [int(i) for i in val_eps]
         self.train_episodes = np.asarray(train_eps, np.int64)
         self.obs_spec = ObsSpec.from_store(store, cfg.data.obs_keys) if cfg.data.obs_keys is not None else None
@@ -161,6 +164,19 @@ class Trainer(CheckpointMixin):
                             "repeats samples (lower it, or collect more data)", what, bs, self.data.n, store.path)
         self.obs_dim = self.obs_spec.dim if ooc else arrays["obs"].shape[1]
         self.action_dim = arrays["action"].shape[1]
+
+    def _best_training_episodes(self, train_eps: np.ndarray) -> np.ndarray:
+        """data.top_frac: the training episodes with the highest returns (filtered BC)."""
+        store, frac = self.store, self.cfg.data.top_frac
+        if not store.has_reward:
+            raise DataError(f"store {store.path} has no rewards: data.top_frac={frac} ranks episodes by return; "
+                            "use data.top_frac=1")
+        rets = store.episode_returns()
+        kept = best_episodes(rets, train_eps, frac)
+        log.info("data.top_frac=%g: training on %d of %d episodes (returns %.4g to %.4g; all: %.4g to %.4g)", frac,
+                 len(kept), len(train_eps), rets[kept].min(), rets[kept].max(), rets[train_eps].min(),
+                 rets[train_eps].max())
+        return kept
 
     def _obs_normalizer(self, stats: dict[str, Any], obs: np.ndarray) -> Normalizer:
         mode, spec = self.cfg.data.obs_norm, self.obs_spec

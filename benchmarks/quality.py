@@ -46,6 +46,9 @@ COMMON = ["threads=1", "model.kind=gvp", "model.hidden=[256,256,128]", "policy.b
           "policy.lr=3e-4", "eval.steps=16", "log_every=100", "ckpt_every=1000"]
 PER_ALGO = {
     "bc": ["policy.algo=bc", "critic.steps=0"],
+    # "10 % BC": BC on the best 10 % of the training episodes by return, the critic-free baseline that uses the
+    # better episodes (the Decision Transformer paper's %BC); an offline-RL method should beat it, not only BC
+    "bc10": ["policy.algo=bc", "critic.steps=0", "data.top_frac=0.1"],
     "gmpo": ["policy.algo=gmpo"],
     "gmpg": ["policy.algo=gmpg", "policy.steps=200", "policy.batch_size=256", "policy.lr=1e-4",
              "policy.behaviour_steps=3000", "policy.behaviour_lr=3e-4"],
@@ -54,6 +57,10 @@ PER_ALGO = {
 EVAL_MODES = {"det": ["--deterministic"], "t05": ["--temperature", "0.5"], "t025": ["--temperature", "0.25"],
               "q16": ["--select", "q", "--candidates", "16"],
               "q16t025": ["--select", "q", "--candidates", "16", "--temperature", "0.25"]}  # the demo's
+
+
+def is_bc(algo: str) -> bool:
+    return "policy.algo=bc" in PER_ALGO[algo]
 
 
 def sh(cmd: list[str], log: Path) -> None:
@@ -155,8 +162,8 @@ def _one_run(algo: str, seed: int, store: Path, args: argparse.Namespace, out: P
     if args.report_only and not ev_path.exists():
         raise RuntimeError(f"{ev_path} missing (--report-only)")
     if args.force or not ev_path.exists():
-        fixed = ["critic.steps=0"] if algo == "bc" else []  # BC needs no critic, whatever --set says
-        if algo != "bc" and not args.own_critic:
+        fixed = ["critic.steps=0"] if is_bc(algo) else []  # BC needs no critic, whatever --set says
+        if not is_bc(algo) and not args.own_critic:
             fixed = [f"critic.from_run={shared_critic(seed, store, args, out)}"]
         if algo == "gmpg" and args.gmpg_mu == "bc":  # mu = this seed's BC policy (trained and evaluated first)
             bc_run = Path(one_run("bc", seed, store, args, out)[0]["run"])
@@ -167,7 +174,7 @@ def _one_run(algo: str, seed: int, store: Path, args: argparse.Namespace, out: P
         sh([*GENCTL, "eval", str(run), "--episodes", str(args.eval_episodes), "--envs", str(args.eval_envs)], log)
     rows = [_row(algo, seed, run, ev_path, time.time() - t0)]
     for mode in args.modes:
-        if mode.startswith("q") and algo == "bc":
+        if mode.startswith("q") and is_bc(algo):
             continue  # BC has no critic to rank with
         mpath = run / f"eval-{mode}.json"
         t1 = time.time()

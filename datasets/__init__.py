@@ -10,7 +10,13 @@ from genctl.datasets.export import export_minari
 from genctl.datasets.info import format_info, store_info
 from genctl.datasets.ingest import detect_format, ingest
 from genctl.datasets.normalizer import Normalizer
-from genctl.datasets.samplers import SequenceSampler, TransitionBatcher, episode_split, load_transitions
+from genctl.datasets.samplers import (
+    SequenceSampler,
+    TransitionBatcher,
+    best_episodes,
+    episode_split,
+    load_transitions,
+)
 from genctl.datasets.schema import FORMAT_VERSION
 from genctl.datasets.store import EpisodeStore
 from genctl.datasets.windows import SeqSpec, WindowData, build_windows
@@ -25,6 +31,7 @@ __all__ = [
     "StoreWriter",
     "TransitionBatcher",
     "WindowData",
+    "best_episodes",
     "build_windows",
     "detect_format",
     "episode_split",

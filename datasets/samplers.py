@@ -35,6 +35,18 @@ def episode_split(n_episodes: int, val_frac: float, seed: int = 0) -> tuple[np.n
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
+def best_episodes(returns: np.ndarray, episodes: np.ndarray, frac: float) -> np.ndarray:
+    """The ``ceil(frac * len(episodes))`` of ``episodes`` with the highest ``returns[episode]`` (sorted indices; ties
+    keep the lower index): "filtered BC" / "x % BC" trains on these, the baseline that uses the better episodes
+    without a critic (Chen et al. 2021, Decision Transformer)."""
+    if not 0.0 < frac <= 1.0:
+        raise DataError(f"best_episodes: need 0 < frac <= 1 (got {frac})")
+    episodes = np.asarray(episodes, np.int64)
+    keep = max(1, int(np.ceil(frac * len(episodes) - 1e-9)))
+    order = np.argsort(-np.asarray(returns, np.float64)[episodes], kind="stable")
+    return np.sort(episodes[order[:keep]])
+
+
 def load_transitions(store: EpisodeStore, episodes: Any = None) -> dict[str, np.ndarray]:
     """Flat float32 arrays ``obs, action, reward, next_obs, terminal`` (terminal = terminated, not truncated).
 

@@ -22,6 +22,11 @@ from genctl.errors import ConfigError
 class DataConfig(_Strict):
     store: str = Field("", description="path of the zarr episode store to train from")
     val_frac: float = Field(0.05, ge=0.0, lt=1.0, description="fraction of episodes held out for validation")
+    top_frac: float = Field(
+        1.0, gt=0.0, le=1.0, description="train on this fraction of the training episodes, those with the highest "
+        "returns (validation episodes unchanged); 0.1 with policy.algo=bc is the '10 % BC' baseline, which uses "
+        "the better episodes without a critic. 1 = every episode. Needs rewards; a critic trains on the same "
+        "episodes")
     obs_norm: Literal["gaussian", "minmax", "identity"] = "gaussian"
     action_norm: Literal["gaussian", "minmax", "identity"] = Field(
         "identity", description="identity keeps actions as logged (D4RL/gymnasium actions are already in [-1, 1])")
