@@ -61,7 +61,9 @@ def store_info(path: str | os.PathLike) -> dict[str, Any]:
         "transitions": store.n_transitions,
         "episode_length": {"min": int(lengths.min()), "mean": float(lengths.mean()), "max": int(lengths.max())},
         # None: a BC-only store (no rewards, e.g. LeRobot demos without next.reward)
-        "return": {"min": float(returns.min()), "mean": float(returns.mean()), "max": float(returns.max()),
+        # p10/p90: where the worse and the better episodes lie (data.top_frac=0.1 trains on those above p90)
+        "return": {"min": float(returns.min()), "p10": float(np.percentile(returns, 10)), "mean": float(returns.mean()),
+                   "p90": float(np.percentile(returns, 90)), "max": float(returns.max()),
                    "std": float(returns.std())} if store.has_reward else None,
         "ref_min_score": ref_min,
         "ref_max_score": ref_max,
@@ -99,12 +101,18 @@ def format_info(info: dict[str, Any]) -> str:
         f"env          {info.get('env_id')}" + (f"  obs_keys {info['obs_keys']}" if info.get("obs_keys") else ""),
         f"episodes     {info['episodes']}   transitions {info['transitions']}   "
         f"length min/mean/max {el['min']}/{el['mean']:.1f}/{el['max']}",
-        f"return       min {r['min']:.2f}  mean {r['mean']:.2f}  max {r['max']:.2f}  std {r['std']:.2f}" if r
+        f"return       min {r['min']:.2f}  p10 {r['p10']:.2f}  mean {r['mean']:.2f}  p90 {r['p90']:.2f}  "
+        f"max {r['max']:.2f}  std {r['std']:.2f}" if r
         else "return       none (no rewards: BC-only demos)",
     ]
     if info.get("normalized_return_mean") is not None:
-        lines.append(f"normalized   mean {info['normalized_return_mean']:.1f}  "
-                     f"(ref min {info['ref_min_score']}, max {info['ref_max_score']})")
+        lo, hi = info["ref_min_score"], info["ref_max_score"]
+
+        def norm(x: float) -> str:
+            return f"{100.0 * (x - lo) / (hi - lo):.1f}"
+
+        lines.append(f"normalized   mean {info['normalized_return_mean']:.1f}  p10 {norm(r['p10'])}  p90 "
+                     f"{norm(r['p90'])}  max {norm(r['max'])}  (ref min {lo}, max {hi})")
     ratio = info.get("compression_ratio")
     lines.append(f"size         {_size(info['disk_bytes'])} on disk, {_size(info['raw_bytes'])} raw"
                  + (f", ratio {ratio:.2f}x" if ratio else ""))

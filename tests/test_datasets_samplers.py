@@ -159,6 +159,8 @@ def test_store_info(store):
     assert info["episodes"] == 5 and info["transitions"] == 29
     r = store.episode_returns()
     assert info["return"]["mean"] == pytest.approx(r.mean()) and info["return"]["std"] == pytest.approx(r.std())
+    assert info["return"]["p10"] == pytest.approx(np.percentile(r, 10))
+    assert info["return"]["p90"] == pytest.approx(np.percentile(r, 90))
     assert info["keys"]["obs"]["shape"] == [29, 5] and info["keys"]["terminated"]["dtype"] == "bool"
     assert info["disk_bytes"] > 0 and info["compression_ratio"] > 0
     text = format_info(info)
