@@ -15,7 +15,9 @@ score falls is exploiting the critic's errors rather than finding better actions
 ``--mu RUN`` adds KL(pi || mu) in bits per action dimension (the unit of GMPG's KL term), mu = that run's deployed
 weights (GMPG's ``behaviour_from_run``): the mean over the states of log pi(a|s) - log mu(a|s) at the policy's
 own samples, both densities by the same reverse probability flow (``--kl-steps`` Euler steps, exact trace), so it
-is 0 at pi = mu. (GMPG's training term scores log pi on the sampling trajectory instead; see GMPG's docstring.)
+is 0 at pi = mu. The sampler's distribution is not exactly the reverse flow's, so this is an estimate, not a
+bound: values within ~0.06 of 0 are noise (a walker GMPG run read -0.06). (GMPG's training term scores log pi on
+the sampling trajectory instead; see GMPG's docstring.)
 """
 
 from __future__ import annotations
