@@ -1,5 +1,8 @@
 """Quality protocol (not a test): BC vs GMPO vs GMPG over seeds, through the real pipeline.
 
+``--algos`` takes bc, bc10, gmpo, gmpg; bc10 is BC on the best 10 % of the episodes by return (``data.top_frac``),
+the baseline that uses the better episodes without a critic.
+
     # PointMaze: collect noisy scripted-expert demos, then train + eval every algo x seed
     .venv/bin/python benchmarks/quality.py --env PointMaze_UMaze-v3 --noise 0.5 --random-frac 0.3 \
         --episodes 300 --out outputs/quality/umaze --seeds 0,1,2 --eval-episodes 30 --eval-envs 4
@@ -13,7 +16,7 @@ points), so 10 episodes leave a standard error of ~7 — one run read 41.0 on 10
 
 Every stage is the ``genctl`` CLI in a subprocess (``genctl collect`` / ``genctl ingest``, ``genctl train``,
 ``genctl eval``), at most ``--parallel`` runs at once, each with ``threads=1``. Common training overrides come
-from ``--set key=value`` (all algos) and ``--bc/--gmpo/--gmpg key=value`` (one algo), on top of the defaults
+from ``--set key=value`` (all algos) and ``--bc/--bc10/--gmpo/--gmpg key=value`` (one algo), on top of the defaults
 below. A run whose ``eval.json`` already exists is not redone (``--force`` redoes it), so an interrupted
 protocol can be restarted. Prints a markdown table (mean ± std over seeds of each run's success rate, or of its
 mean D4RL-normalised score, ``--metric``; plus per-seed values) and writes ``OUT/results.json``.
