@@ -54,6 +54,9 @@ def kl_bits_per_dim(pol: LoadedPolicy, mu: LoadedPolicy, states: np.ndarray, *, 
                     rows: int = 512) -> float:
     """Monte-Carlo KL(pi || mu) / (D ln 2) at the first ``rows`` states (exact densities carry D tangents per
     row): actions from pi's own sampler, both log-densities by the reverse flow on the same grid."""
+    for p in (pol, mu):
+        if p.n_obs_steps != 1 or p.horizon != 1 or p.obs_spec is not None:
+            raise SystemExit(f"{p.ck.path}: --mu needs single-step state policies (one observation, one action)")
     s = states[:rows]
     cond = torch.as_tensor(pol.obs_norm.normalize(s), dtype=torch.float32)
     if not np.allclose(mu.obs_norm.normalize(s), cond.numpy(), atol=1e-5):
