@@ -244,7 +244,7 @@ def behaviour_line(store: Path, metric: str) -> str:
     import numpy as np
 
     sys.path.insert(0, str(ROOT.parent))
-    from genctl.datasets import EpisodeStore
+    from genctl.datasets import EpisodeStore, best_episodes
 
     st = EpisodeStore.open(store)
     if metric == "normalized_score":
@@ -253,7 +253,7 @@ def behaviour_line(store: Path, metric: str) -> str:
             return "behaviour data: no reference scores in the store"
         sc = 100.0 * (st.episode_returns() - lo) / (hi - lo)
         p10, p90 = np.percentile(sc, [10, 90])
-        top = np.sort(sc)[-max(1, int(np.ceil(0.1 * len(sc)))):]  # what bc10 learns from (its data's own score)
+        top = sc[best_episodes(sc, np.arange(len(sc)), 0.1)]  # what bc10 learns from (its data's own score)
         return (f"behaviour data ({st.n_episodes} episodes): D4RL-normalised {sc.mean():.1f} "
                 f"(p10 {p10:.1f}, p90 {p90:.1f}, best {sc.max():.1f}; best 10 % of episodes {top.mean():.1f})")
     succ = st.attrs.get("provenance", {}).get("success_rate")
