@@ -49,6 +49,7 @@ from genctl.datasets import (
     build_windows,
     episode_split,
     load_transitions,
+    return_weights,
 )
 from genctl.datasets.camera_rows import camera_transitions, low_normalizer
 from genctl.datasets.obs_spec import ObsSpec
@@ -152,10 +153,12 @@ class Trainer(CheckpointMixin):
         windows = (build_windows(store, train_eps, self.obs_norm, self.act_norm, self.seq, self.device)
                    if self.seq.chunked else None)
         # one data stream per rank; windows (behaviour and policy stages of a chunked run) draw from it too
+        row_weights = self._return_weights(train_eps, len(arrays["action"]))
         self.data = (OutOfCoreBatcher.for_run(cfg, arrays, raw, self.obs_spec, store, self.dist, self.device)
                      if ooc else  # (config validation keeps chunked runs, windows, off the out-of-core path)
                      TransitionBatcher(arrays, cfg.policy.batch_size, device=self.device, seed=cfg.seed + 1,
-                                       rank=self.dist.rank, world_size=self.dist.world, windows=windows))
+                                       rank=self.dist.rank, world_size=self.dist.world, windows=windows,
+                                       row_weights=row_weights))
         self.val_loss = ValidationLoss.maybe(store, self.val_episodes, self.obs_norm, self.act_norm, self.device,
                                              cfg.seed, self.seq.chunked, self.obs_spec if ooc else None)
         for what, bs in (("critic", cfg.critic.batch_size), ("policy", cfg.policy.batch_size)):
@@ -177,6 +180,21 @@ class Trainer(CheckpointMixin):
                  len(kept), len(train_eps), rets[kept].min(), rets[kept].max(), rets[train_eps].min(),
                  rets[train_eps].max())
         return kept
+
+    def _return_weights(self, train_eps: np.ndarray, n_rows: int) -> np.ndarray | None:
+        """data.return_weight: one sampling weight per training row, its episode's return weight."""
+        store, temp = self.store, self.cfg.data.return_weight
+        if temp is None:
+            return None
+        if not store.has_reward:
+            raise DataError(f"store {store.path} has no rewards: data.return_weight={temp} weights episodes by "
+                            "return; unset data.return_weight")
+        w = np.repeat(return_weights(store.episode_returns(), train_eps, temp), training_row_lengths(store, train_eps))
+        assert len(w) == n_rows, (len(w), n_rows)
+        # effective sample size (sum w)^2 / sum w^2: how many uniform rows the weighted draws are worth
+        log.info("data.return_weight=%g: batches drawn from %d rows with an effective size of %d (%.0f %%)", temp,
+                 n_rows, w.sum() ** 2 / (w ** 2).sum(), 100 * w.sum() ** 2 / (w ** 2).sum() / n_rows)
+        return w
 
     def _obs_normalizer(self, stats: dict[str, Any], obs: np.ndarray) -> Normalizer:
         mode, spec = self.cfg.data.obs_norm, self.obs_spec

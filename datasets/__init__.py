@@ -16,6 +16,7 @@ from genctl.datasets.samplers import (
     best_episodes,
     episode_split,
     load_transitions,
+    return_weights,
 )
 from genctl.datasets.schema import FORMAT_VERSION
 from genctl.datasets.store import EpisodeStore
@@ -39,5 +40,6 @@ __all__ = [
     "format_info",
     "ingest",
     "load_transitions",
+    "return_weights",
     "store_info",
 ]

@@ -47,6 +47,22 @@ def best_episodes(returns: np.ndarray, episodes: np.ndarray, frac: float) -> np.
     return np.sort(episodes[order[:keep]])
 
 
+def return_weights(returns: np.ndarray, episodes: np.ndarray, temperature: float) -> np.ndarray:
+    """Return-weighted sampling (trajectory weighting, Hong et al. 2023): the weight of each of ``episodes``,
+    ``exp((G - G_max) / (temperature * (G_max - G_min))))`` over their returns G, 1 for the best episode. Every
+    transition of an episode is drawn with its episode's weight, so the batches come from a mixture that leans
+    towards the better episodes while every episode keeps some weight (the hard cut is ``best_episodes``).
+    The scale is the return range, so ``temperature`` means the same whatever the reward units; equal returns
+    give equal weights."""
+    if not temperature > 0.0:
+        raise DataError(f"return_weights: need temperature > 0 (got {temperature})")
+    g = np.asarray(returns, np.float64)[np.asarray(episodes, np.int64)]
+    span = float(g.max() - g.min()) if len(g) else 0.0
+    if span <= 0.0:
+        return np.ones(len(g))
+    return np.exp((g - g.max()) / (temperature * span))
+
+
 def load_transitions(store: EpisodeStore, episodes: Any = None) -> dict[str, np.ndarray]:
     """Flat float32 arrays ``obs, action, reward, next_obs, terminal`` (terminal = terminated, not truncated).
 
@@ -70,6 +86,8 @@ def load_transitions(store: EpisodeStore, episodes: Any = None) -> dict[str, np.
 
 class TransitionBatcher:
     """Uniform random minibatches from arrays held in memory (on ``device``): the training data path.
+    ``row_weights`` (one per row) draws rows with probability proportional to them instead (return-weighted
+    sampling, ``return_weights``).
 
     All keys live in one contiguous (N, sum of widths) float32 tensor, so a batch is one ``randint`` plus one
     ``index_select`` — a single gather instead of one per key. Returned tensors are column views of that batch.
@@ -83,7 +101,8 @@ class TransitionBatcher:
     (a different world size)."""
 
     def __init__(self, arrays: dict[str, np.ndarray], batch_size: int, *, device: Any = "cpu", seed: int = 0,
-                 rank: int = 0, world_size: int = 1, windows: Any = None) -> None:
+                 rank: int = 0, world_size: int = 1, windows: Any = None,
+                 row_weights: np.ndarray | None = None) -> None:
         import torch
 
         if not 0 <= rank < world_size:
@@ -108,6 +127,9 @@ class TransitionBatcher:
         self.table = torch.from_numpy(table).to(self.device)
         self.n, self.batch_size, self.rank, self.world_size = n, batch_size, rank, world_size
         self.windows = windows
+        self._cdf = None if row_weights is None else _weights_cdf(row_weights, n)
+        if self._cdf is not None and windows is not None:
+            raise DataError("TransitionBatcher: row_weights draw single transitions; windows are drawn uniformly")
         self.seed = int(seed)
         self.generator = torch.Generator()
         self.restart()
@@ -122,7 +144,11 @@ class TransitionBatcher:
     def _indices(self, n: int, batch_size: int) -> Any:
         import torch
 
-        idx = torch.randint(n, (batch_size,), generator=self.generator)
+        if self._cdf is not None and n == self.n:  # weighted rows: invert the CDF at uniform draws
+            u = torch.rand(batch_size, generator=self.generator, dtype=torch.float64)
+            idx = torch.searchsorted(self._cdf, u, right=True).clamp_(max=n - 1)
+        else:
+            idx = torch.randint(n, (batch_size,), generator=self.generator)
         if self.device.type == "cuda":  # from page-locked memory the copy is queued, not waited for
             idx = idx.pin_memory()
         return idx.to(self.device, non_blocking=True)
@@ -169,6 +195,17 @@ class TransitionBatcher:
         import torch
 
         self.generator.set_state(torch.as_tensor(state["generator"], dtype=torch.uint8))
+
+
+def _weights_cdf(row_weights: np.ndarray, n: int) -> Any:
+    import torch
+
+    w = np.asarray(row_weights, np.float64).reshape(-1)
+    if len(w) != n or not np.all(np.isfinite(w)) or (w < 0).any() or w.sum() <= 0:
+        raise DataError(f"TransitionBatcher: row_weights must be {n} finite weights >= 0 with a positive sum "
+                        f"(got {len(w)} values, sum {w.sum() if len(w) else 0})")
+    cdf = np.cumsum(w)
+    return torch.from_numpy(cdf / cdf[-1])
 
 
 class SequenceSampler:

@@ -27,6 +27,12 @@ class DataConfig(_Strict):
         "returns (validation episodes unchanged); 0.1 with policy.algo=bc is the '10 % BC' baseline, which uses "
         "the better episodes without a critic. 1 = every episode. Needs rewards; a critic trains on the same "
         "episodes")
+    return_weight: float | None = Field(
+        None, gt=0.0, description="temperature of return-weighted sampling (trajectory weighting, Hong et al. 2023): "
+        "each training transition is drawn with probability proportional to exp((G - G_max) / (T (G_max - G_min))), "
+        "G its episode's return, for the critic and the policy alike; 0.1: an episode 10 % of the return range "
+        "below the best is drawn e^-1 as often. A soft top_frac that keeps every episode. None = uniform. Needs "
+        "rewards and single-step, in-memory data")
     obs_norm: Literal["gaussian", "minmax", "identity"] = "gaussian"
     action_norm: Literal["gaussian", "minmax", "identity"] = Field(
         "identity", description="identity keeps actions as logged (D4RL/gymnasium actions are already in [-1, 1])")
@@ -186,6 +192,9 @@ class TrainConfig(_Strict):
             raise ValueError("policy.advantage=gae computes one advantage per logged transition in memory: it needs "
                              f"data.n_obs_steps=1, data.horizon=1 and no data.cache_gb (got {d.n_obs_steps}, "
                              f"{d.horizon}, {d.cache_gb}); use policy.advantage=q")
+        if d.return_weight is not None and (d.cache_gb is not None or d.n_obs_steps > 1 or d.horizon > 1):
+            raise ValueError("data.return_weight draws single transitions from memory: it needs data.n_obs_steps=1, "
+                             f"data.horizon=1 and no data.cache_gb (got {d.n_obs_steps}, {d.horizon}, {d.cache_gb})")
         if (self.critic.nstep or 1) > 1 and d.cache_gb is not None:
             raise ValueError(f"critic.nstep={self.critic.nstep} builds its n-step targets from the transitions in "
                              "memory; data.cache_gb streams them from the store: set critic.nstep=1")

@@ -1,6 +1,7 @@
-"""data.top_frac ("x % BC"): the kept episodes are the best by return among the training episodes (known answers),
-the trainer trains on exactly those rows, validation episodes stay as they were, and a store without rewards is
-refused with one clear line."""
+"""Using the better episodes. data.top_frac ("x % BC"): the kept episodes are the best by return among the training
+episodes (known answers), the trainer trains on exactly those rows, validation episodes stay as they were, and a
+store without rewards is refused with one clear line. data.return_weight (return-weighted sampling): known weights,
+rows drawn in proportion to them, the same refusals."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 
 from genctl.cli import main
 from genctl.config import TrainConfig, build_config
-from genctl.datasets import EpisodeStore, StoreWriter, best_episodes
+from genctl.datasets import EpisodeStore, StoreWriter, TransitionBatcher, best_episodes, return_weights
 from genctl.datasets.testing import random_episode
 from genctl.errors import DataError
 
@@ -31,6 +32,31 @@ def test_best_episodes_known_answers() -> None:
     for bad in (0.0, -0.1, 1.5):
         with pytest.raises(DataError, match="0 < frac <= 1"):
             best_episodes(rets, every, bad)
+
+
+def test_return_weights_known_answers() -> None:
+    rets = np.array([0.0, 5.0, 10.0, 10.0, 100.0])
+    w = return_weights(rets, np.arange(4), 0.1)  # the range of the given episodes (0..10) sets the scale
+    np.testing.assert_allclose(w, [np.exp(-10.0), np.exp(-5.0), 1.0, 1.0])
+    np.testing.assert_allclose(return_weights(rets * 1000 + 7, np.arange(4), 0.1), w)  # reward units do not matter
+    np.testing.assert_allclose(return_weights(rets, np.array([1, 2]), 1.0), [np.exp(-1.0), 1.0])
+    assert return_weights(rets, np.array([2, 3]), 0.1).tolist() == [1.0, 1.0]  # equal returns: uniform
+    with pytest.raises(DataError, match="temperature > 0"):
+        return_weights(rets, np.arange(4), 0.0)
+
+
+def test_batcher_draws_rows_in_proportion_to_their_weights() -> None:
+    rows = {"x": np.arange(4, dtype=np.float32)[:, None]}
+    b = TransitionBatcher(rows, 40000, seed=1, row_weights=np.array([1.0, 0.0, 3.0, 0.0]))
+    counts = np.bincount(b.sample()["x"][:, 0].long().numpy(), minlength=4) / 40000
+    assert counts[1] == counts[3] == 0.0
+    assert abs(counts[2] - 0.75) < 0.01  # binomial sd 0.002
+    again = TransitionBatcher(rows, 40000, seed=1, row_weights=np.array([1.0, 0.0, 3.0, 0.0]))
+    assert np.array_equal(again.sample()["x"].numpy(), TransitionBatcher(rows, 40000, seed=1, row_weights=np.array(
+        [1.0, 0.0, 3.0, 0.0])).sample()["x"].numpy())  # a seeded stream, as the uniform one
+    for bad in ([1.0, 2.0], [1.0, -1.0, 1.0, 1.0], [0.0] * 4, [np.nan, 1.0, 1.0, 1.0]):
+        with pytest.raises(DataError, match="row_weights"):
+            TransitionBatcher(rows, 4, row_weights=np.array(bad))
 
 
 def write_store(path: Path, returns: list[float], *, reward: bool = True) -> Path:
@@ -71,6 +97,28 @@ def test_trainer_keeps_the_best_training_episodes(tmp_path: Path) -> None:
     assert top.run()
 
 
+def test_trainer_draws_the_better_episodes_more_often(tmp_path: Path) -> None:
+    from genctl.apps.train import Trainer
+
+    returns = [0.0, 10.0, 5.0, 10.0]  # episodes of 10 rows; a training row's reward is its episode's return / 10
+    store = write_store(tmp_path / "d.zarr", returns)
+    over = [f"data.store={store}", *TINY, "data.val_frac=0", "data.reward_scale=1", "data.return_weight=0.2"]
+    (tmp_path / "w").mkdir()
+    tr = Trainer(build_config(TrainConfig, overrides=over), tmp_path / "w", progress=False)
+    drawn = np.round(tr.data.sample(20000)["reward"].cpu().numpy().reshape(-1) * 10).astype(int)
+    share = {r: float((drawn == r).mean()) for r in (0, 5, 10)}
+    # weights 1 (two episodes of return 10), e^-2.5 (return 5), e^-5 (return 0); every episode has 10 rows
+    z = 2 + np.exp(-2.5) + np.exp(-5.0)
+    assert abs(share[10] - 2 / z) < 0.01 and abs(share[5] - np.exp(-2.5) / z) < 0.006
+    assert abs(share[0] - np.exp(-5.0) / z) < 0.003
+    assert tr.run()
+
+
+def test_return_weight_needs_single_step_data() -> None:
+    with pytest.raises(Exception, match="data.return_weight draws single transitions"):
+        build_config(TrainConfig, overrides=["data.store=x.zarr", "data.return_weight=0.1", "data.horizon=4"])
+
+
 def test_store_without_rewards_is_refused(tmp_path: Path, capsys) -> None:
     store = write_store(tmp_path / "d.zarr", [1.0, 2.0, 3.0], reward=False)
     args = ["--quiet", "train", f"data.store={store}", f"out_dir={tmp_path}", "name=r", *TINY]
@@ -78,4 +126,7 @@ def test_store_without_rewards_is_refused(tmp_path: Path, capsys) -> None:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "data.top_frac" in err[0] and "d.zarr" in err[0]
     assert not (tmp_path / "r" / "checkpoints").exists()
+    assert main([*args, "data.return_weight=0.1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "data.return_weight" in err[0] and "d.zarr" in err[0]
     assert main(args) == 0  # the same run with every episode trains
