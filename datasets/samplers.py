@@ -49,7 +49,7 @@ def best_episodes(returns: np.ndarray, episodes: np.ndarray, frac: float) -> np.
 
 def return_weights(returns: np.ndarray, episodes: np.ndarray, temperature: float) -> np.ndarray:
     """Return-weighted sampling (trajectory weighting, Hong et al. 2023): the weight of each of ``episodes``,
-    ``exp((G - G_max) / (temperature * (G_max - G_min))))`` over their returns G, 1 for the best episode. Every
+    ``exp((G - G_max) / (temperature * (G_max - G_min)))`` over their returns G, 1 for the best episode. Every
     transition of an episode is drawn with its episode's weight, so the batches come from a mixture that leans
     towards the better episodes while every episode keeps some weight (the hard cut is ``best_episodes``).
     The scale is the return range, so ``temperature`` means the same whatever the reward units; equal returns
