@@ -170,11 +170,8 @@ class Trainer(CheckpointMixin):
 
     def _best_training_episodes(self, train_eps: np.ndarray) -> np.ndarray:
         """data.top_frac: the training episodes with the highest returns (filtered BC)."""
-        store, frac = self.store, self.cfg.data.top_frac
-        if not store.has_reward:
-            raise DataError(f"store {store.path} has no rewards: data.top_frac={frac} ranks episodes by return; "
-                            "use data.top_frac=1")
-        rets = store.episode_returns()
+        frac = self.cfg.data.top_frac
+        rets = self._episode_returns(f"data.top_frac={frac} ranks episodes by return; use data.top_frac=1")
         kept = best_episodes(rets, train_eps, frac)
         log.info("data.top_frac=%g: training on %d of %d episodes (returns %.4g to %.4g; all: %.4g to %.4g)", frac,
                  len(kept), len(train_eps), rets[kept].min(), rets[kept].max(), rets[train_eps].min(),
@@ -183,18 +180,23 @@ class Trainer(CheckpointMixin):
 
     def _return_weights(self, train_eps: np.ndarray, n_rows: int) -> np.ndarray | None:
         """data.return_weight: one sampling weight per training row, its episode's return weight."""
-        store, temp = self.store, self.cfg.data.return_weight
+        temp = self.cfg.data.return_weight
         if temp is None:
             return None
-        if not store.has_reward:
-            raise DataError(f"store {store.path} has no rewards: data.return_weight={temp} weights episodes by "
-                            "return; unset data.return_weight")
-        w = np.repeat(return_weights(store.episode_returns(), train_eps, temp), training_row_lengths(store, train_eps))
+        rets = self._episode_returns(f"data.return_weight={temp} weights episodes by return; unset data.return_weight")
+        w = np.repeat(return_weights(rets, train_eps, temp), training_row_lengths(self.store, train_eps))
         assert len(w) == n_rows, (len(w), n_rows)
-        # effective sample size (sum w)^2 / sum w^2: how many uniform rows the weighted draws are worth
+        ess = w.sum() ** 2 / (w ** 2).sum()  # effective sample size: how many uniform rows the draws are worth
         log.info("data.return_weight=%g: batches drawn from %d rows with an effective size of %d (%.0f %%)", temp,
-                 n_rows, w.sum() ** 2 / (w ** 2).sum(), 100 * w.sum() ** 2 / (w ** 2).sum() / n_rows)
+                 n_rows, ess, 100 * ess / n_rows)
         return w
+
+    def _episode_returns(self, needs: str) -> np.ndarray:
+        """Every episode's return, for the options that rank or weight episodes by it (``needs``: which option and
+        what to do instead, for the error on a store without rewards)."""
+        if not self.store.has_reward:
+            raise DataError(f"store {self.store.path} has no rewards: {needs}")
+        return self.store.episode_returns()
 
     def _obs_normalizer(self, stats: dict[str, Any], obs: np.ndarray) -> Normalizer:
         mode, spec = self.cfg.data.obs_norm, self.obs_spec
