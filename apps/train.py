@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 from genctl.algos import BuildContext, spec_for
-from genctl.algos.base import AdvantagePolicy
 from genctl.apps.critic_report import (
     advantage_stats,
     critic_report,
@@ -476,12 +475,11 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, progress: bool = True, s
           on_eval=None) -> Path:
     """Start a new run folder and train. Returns the run folder. Under torchrun, rank 0 makes the folder."""
     info = init_distributed(cfg.device)
-    # the run records the defaults it resolves (beta, the critic's n-step target), so a later change of a library
-    # default cannot alter a resume of this run
-    if isinstance(cfg.policy, AdvantagePolicy) and cfg.policy.beta is None:
-        cfg = cfg.model_copy(update={"policy": cfg.policy.model_copy(update={"beta": cfg.policy.resolved_beta()})})
-    if cfg.critic.nstep is None:
-        cfg = cfg.model_copy(update={"critic": cfg.critic.model_copy(update={"nstep": cfg.critic_nstep})})
+    own = getattr(cfg.policy, "sample_steps", None)
+    if own and cfg.eval.steps not in (None, own):
+        log.info("eval.steps=%d: the policy acts through a different sampler grid than the %d steps GMPG "
+                 "optimised (policy.sample_steps)", cfg.eval.steps, own)
+    cfg = cfg.with_resolved_defaults()
     run_dir = Path(cfg.out_dir) / (cfg.name or default_run_name(cfg))
     if info.is_main:
         check_run_dir(run_dir, overwrite=overwrite)

@@ -39,7 +39,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     cfg = build_config(TrainConfig, file=args.config, overrides=args.overrides)
     if args.print_config:
-        print(dump_yaml(cfg), end="")
+        print(dump_yaml(cfg.with_resolved_defaults()), end="")
         return 0
     from genctl.apps import train as tr
 

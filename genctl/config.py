@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from genctl.algos import DEFAULT_ALGO, PolicyConfig, migrate_policy_section, spec_for
+from genctl.algos.base import AdvantagePolicy
 from genctl.algos.base import StrictModel as _Strict
 from genctl.errors import ConfigError
 
@@ -131,8 +132,13 @@ class EvalConfig(_Strict):
         "0 = deterministic (the ODE from zero noise: the mode-like action, no sampling jitter)")
     episodes: int = Field(10, ge=1)
     envs: int = Field(1, ge=1, description="vectorised envs")
-    solver: Literal["euler", "heun", "midpoint"] = "euler"
-    steps: int = Field(32, ge=1, description="sampler steps at inference")
+    # None = the algorithm's own deployment sampler (TrainConfig.eval_sampler): GMPG optimised one particular
+    # discrete sampler, its policy.solver at policy.sample_steps, and another grid deploys a different map
+    solver: Literal["euler", "heun", "midpoint"] | None = Field(
+        None, description="sampler at inference; None = GMPG's policy.solver, else euler")
+    steps: int | None = Field(
+        None, ge=1, description="sampler steps at inference; None = GMPG's policy.sample_steps (the sampler its "
+        "gradient went through), else 32")
     every: int = Field(0, ge=0, description="evaluate during training every N policy steps (0 = only at the end)")
     max_episode_steps: int | None = None
 
@@ -166,6 +172,29 @@ class TrainConfig(_Strict):
         return 1 if self.data.cache_gb is not None or cameras else 10
 
     @property
+    def eval_sampler(self) -> tuple[str, int]:
+        """(solver, steps) the policy acts with: eval.solver / eval.steps, or the algorithm's own. GMPG's gradient
+        went through its policy.solver at policy.sample_steps, so that discrete map is the policy it improved
+        (hopper medium_replay held-out seed: 54.3 at its 10 steps, 47.8 at 16, 43.2 at 32; docs/results.md §3t);
+        the other algorithms learn a continuous flow and default to 32 Euler steps."""
+        own = getattr(self.policy, "sample_steps", None)
+        solver = self.eval.solver or (getattr(self.policy, "solver", None) if own else None) or "euler"
+        return solver, self.eval.steps or own or 32
+
+    def with_resolved_defaults(self) -> TrainConfig:
+        """This config with the library defaults it depends on written in (beta, the critic's n-step target, the
+        deployed sampler): a run records them, so a later change of a default cannot alter its resume."""
+        cfg = self
+        if isinstance(cfg.policy, AdvantagePolicy) and cfg.policy.beta is None:
+            cfg = cfg.model_copy(update={"policy": cfg.policy.model_copy(update={"beta": cfg.policy.resolved_beta()})})
+        if cfg.critic.nstep is None:
+            cfg = cfg.model_copy(update={"critic": cfg.critic.model_copy(update={"nstep": cfg.critic_nstep})})
+        if cfg.eval.solver is None or cfg.eval.steps is None:
+            solver, steps = cfg.eval_sampler
+            cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"solver": solver, "steps": steps})})
+        return cfg
+
+    @property
     def has_critic(self) -> bool:
         """A critic is trained here (critic.steps > 0) or taken from another run (critic.from_run)."""
         return self.critic.steps > 0 or bool(self.critic.from_run)
@@ -183,6 +212,9 @@ class TrainConfig(_Strict):
         if spec_for(self.policy).needs_critic and not self.has_critic:
             raise ValueError(f"policy.algo={self.policy.algo} needs a critic: critic.steps must be > 0 "
                              "(or critic.from_run=RUN)")
+        if getattr(self.policy, "q_lcb", 0.0) and self.critic.ensemble < 2:
+            raise ValueError(f"policy.q_lcb={self.policy.q_lcb} penalises the disagreement of a critic ensemble: it "
+                             f"needs critic.ensemble >= 2 (got {self.critic.ensemble})")
         if self.eval.select == "q" and not self.has_critic:
             raise ValueError("eval.select=q ranks candidates by Q: it needs a critic (critic.steps > 0 "
                              "or critic.from_run=RUN)")

@@ -154,6 +154,10 @@ class GMPG(AdvantageScale, Algorithm):
     more variance in the KL gradient; the density tangents and mu's reverse solve then cost kl_batch rows.
     ``amp``: bf16 autocast of both solves (~2.5-3.5x faster on AVX512-BF16; on an untrained net log-densities
     moved by ~1e-3 nats, samples by ~5e-3). Off by default.
+    ``q_lcb``: ascend mean - q_lcb * std of Q over the critic ensemble's members instead of their mean. The
+    pathwise gradient seeks the actions where Q is highest, which off the data are where Q is most wrong; the
+    members disagree there, so the penalty is the usual pessimism of ensemble offline RL (SAC-N, EDAC, PBRL).
+    0 = the reference objective.
     """
 
     name = "gmpg"
@@ -162,9 +166,12 @@ class GMPG(AdvantageScale, Algorithm):
                  beta: float = 1.0, sample_steps: int = 10, solver: str = "euler", exact_trace: bool | None = None,
                  n_probes: int = 1, checkpoint: bool | None = None, kl_batch: int | None = None,
                  init_from_behaviour: bool = True, lr: float = 1e-4, grad_clip: float | None = None,
-                 amp: bool = False):
+                 amp: bool = False, q_lcb: float = 0.0):
         if critic is None or behaviour is None:
             raise ValueError("gmpg needs a trained critic and a pretrained behaviour model")
+        if q_lcb and critic.ensemble < 2:
+            raise ValueError(f"q_lcb={q_lcb} penalises the disagreement of a critic ensemble: it needs "
+                             f"critic.ensemble >= 2 (got {critic.ensemble})")
         check_solver(solver, sample_steps)
         if init_from_behaviour:
             model.load_state_dict(behaviour.state_dict())
@@ -174,6 +181,7 @@ class GMPG(AdvantageScale, Algorithm):
         self.exact = model.action_dim <= 8 if exact_trace is None else bool(exact_trace)
         self.n_probes, self.checkpoint = int(n_probes), checkpoint
         self.kl_batch = None if kl_batch is None else int(kl_batch)
+        self.q_lcb = float(q_lcb)
 
     def _use_checkpoint(self, rows: int) -> bool:
         """``checkpoint=None``: recompute steps in backward only when storing every step's activations would
@@ -197,13 +205,17 @@ class GMPG(AdvantageScale, Algorithm):
         with self._autocast():
             a, log_pi = self.model.sample_with_log_prob(obs, density_rows=m, **kw)
             log_mu = self.behaviour.log_prob(a[:m], obs[:m], with_grad=True, **kw)
-        q = self.critic.q(obs, a)  # fp32: Q can be large, bf16 would round it to ~0.4 %
+        members = self.critic.q_members(obs, a)  # (K, B), fp32: Q can be large, bf16 would round it to ~0.4 %
+        q = members.mean(0)
+        spread = members.std(0) if self.critic.ensemble > 1 else torch.zeros_like(q)
+        target = q - self.q_lcb * spread if self.q_lcb else q
         kl_bits = (log_pi - log_mu) / (self.model.action_dim * math.log(2.0))
-        loss = -self.beta * q.mean() / self.adv_scale + kl_bits.mean()
+        loss = -self.beta * target.mean() / self.adv_scale + kl_bits.mean()
         with torch.no_grad():  # the policy's own actions' A_n: what beta buys against the KL (q_mean is V-dominated)
             adv = (q.detach() - self.critic.v(obs) - self.adv_shift) / self.adv_scale
         return loss, {"q_mean": q.detach().mean(), "adv_mean": adv.mean(), "kl_bits_per_dim": kl_bits.detach().mean(),
-                      "log_pi": log_pi.detach().mean(), "log_mu": log_mu.detach().mean()}
+                      "log_pi": log_pi.detach().mean(), "log_mu": log_mu.detach().mean(),
+                      "q_spread": spread.detach().mean() / self.adv_scale}
 
     def update(self, batch: dict[str, Tensor], *, sync: bool = True) -> dict[str, Any]:
         with frozen(self.critic, self.behaviour):  # backward (and checkpoint recompute) inside

@@ -155,6 +155,13 @@ class ChunkCritic(nn.Module):
     def current(self, cond: Tensor) -> Tensor:
         return cond[..., -self.obs_dim:]
 
+    @property
+    def ensemble(self) -> int:
+        return self.critic.ensemble
+
+    def q_members(self, cond: Tensor, chunk: Tensor) -> Tensor:
+        return self.critic.q_members(self.current(cond), chunk[..., : self.action_dim])
+
     def q(self, cond: Tensor, chunk: Tensor) -> Tensor:
         return self.critic.q(self.current(cond), chunk[..., : self.action_dim])
 

@@ -206,6 +206,30 @@ def test_gmpg_kl_subbatch_uses_same_trajectory() -> None:
     assert math.isfinite(algo.update({"obs": cond})["loss"])
 
 
+def test_gmpg_q_lcb_subtracts_the_ensemble_spread() -> None:
+    """q_lcb = k: the loss is the mean-Q loss plus beta * k * mean(std over members) / scale, on the same
+    trajectory (same noise); the gradient then differs; a single critic is refused."""
+    torch.manual_seed(0)
+    mu = make_generative_model("gvp", 2, 3, hidden=[16, 8]).double()
+    critic = IQLCritic(3, 2, hidden=(8, 8), ensemble=3).double()
+    obs = torch.randn(32, 3, dtype=torch.float64)
+    out = {}
+    for k in (0.0, 1.5):
+        algo = make_algorithm("gmpg", make_generative_model(**mu.config()).double(), critic=critic, behaviour=mu,
+                              beta=2.0, sample_steps=3, q_lcb=k)
+        algo.adv_scale = 0.5
+        torch.manual_seed(5)
+        with torch.no_grad():
+            out[k] = algo._loss(obs)
+    spread = out[0.0][1]["q_spread"]  # mean std over members, in advantage spreads
+    assert spread > 0
+    assert torch.allclose(out[1.5][0], out[0.0][0] + 2.0 * 1.5 * spread)
+    assert torch.allclose(out[1.5][1]["adv_mean"], out[0.0][1]["adv_mean"])  # A_n reports the mean Q
+    with pytest.raises(ValueError, match="critic.ensemble >= 2"):
+        make_algorithm("gmpg", make_generative_model(**mu.config()).double(), critic=IQLCritic(3, 2).double(),
+                       behaviour=mu, q_lcb=1.0)
+
+
 def test_bf16_autocast_matching_loss_trains() -> None:
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)

@@ -26,7 +26,8 @@ class GMPGPolicyConfig(AdvantagePolicy):
         None, description="take mu from this finished BC run (its EMA weights) instead of training it here: the "
         "behaviour stage is skipped. Same store, model and normalisation (checked). GMPG then starts from, and "
         "is held near, the BC policy it is compared against")
-    sample_steps: int = Field(10, ge=1, description="sampler steps through which gradients flow")
+    sample_steps: int = Field(10, ge=1, description="sampler steps through which gradients flow; also the "
+                              "deployed sampler's unless eval.steps is set (the policy improved is this discrete map)")
     solver: Literal["euler", "heun", "midpoint"] = "euler"
     exact_trace: bool | None = Field(
         None, description="exact log-density of the discrete sampler vs Hutchinson; None = exact for D <= 8")
@@ -35,6 +36,9 @@ class GMPGPolicyConfig(AdvantagePolicy):
         "after 200 steps 37 % of the deployed weights are still mu's; the optimiser's last weights climbed past the "
         "critic's reliable range on hopper (score 10 against the EMA's 48, docs/results.md 3q), so more steps or "
         "a lower decay let the deployed policy follow them")
+    q_lcb: float = Field(
+        0.0, ge=0.0, description="ascend mean - q_lcb x std of Q over the critic ensemble's members (pessimism "
+        "where the members disagree, i.e. off the data); needs critic.ensemble >= 2. 0 = the mean (reference)")
     kl_batch: int | None = Field(
         None, ge=1, description="estimate the KL term on this many rows of each batch (None = all, as the "
         "reference); unbiased, cheaper, noisier")
@@ -54,8 +58,8 @@ class GMPGSpec(AlgoSpec):
         mu = ctx.new_model()
         behaviour = BC(mu, lr=p.behaviour_lr, grad_clip=p.grad_clip, amp=ctx.amp)
         policy = GMPG(ctx.policy, ctx.critic, mu, beta=p.resolved_beta(), sample_steps=p.sample_steps,
-                      solver=p.solver, exact_trace=p.exact_trace, kl_batch=p.kl_batch, init_from_behaviour=False,
-                      lr=p.lr, grad_clip=p.grad_clip, amp=ctx.amp)
+                      solver=p.solver, exact_trace=p.exact_trace, kl_batch=p.kl_batch, q_lcb=p.q_lcb,
+                      init_from_behaviour=False, lr=p.lr, grad_clip=p.grad_clip, amp=ctx.amp)
         return Built({"behaviour": behaviour, "policy": policy}, {"behaviour": mu})
 
     def enter_stage(self, stage: str, p: GMPGPolicyConfig, run: Any) -> None:
