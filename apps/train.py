@@ -475,10 +475,6 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, progress: bool = True, s
           on_eval=None) -> Path:
     """Start a new run folder and train. Returns the run folder. Under torchrun, rank 0 makes the folder."""
     info = init_distributed(cfg.device)
-    own = getattr(cfg.policy, "sample_steps", None)
-    if own and cfg.eval.steps not in (None, own):
-        log.info("eval.steps=%d: the policy acts through a different sampler grid than the %d steps GMPG "
-                 "optimised (policy.sample_steps)", cfg.eval.steps, own)
     cfg = cfg.with_resolved_defaults()
     run_dir = Path(cfg.out_dir) / (cfg.name or default_run_name(cfg))
     if info.is_main:

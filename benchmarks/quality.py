@@ -46,16 +46,13 @@ GENCTL = [sys.executable, "-m", "genctl", "--quiet"]
 # 12000 policy steps (12-26 min on one shared core; was 3000): BC underfit at 3000 (hopper medium_replay 21.3 +- 1.6
 # -> 23.7 +- 0.4, the data 24.4; docs/results.md §3f). GMPG keeps its own, unchanged budget below.
 COMMON = ["threads=1", "model.kind=gvp", "model.hidden=[256,256,128]", "policy.batch_size=512", "policy.steps=12000",
-          "policy.lr=3e-4", "log_every=100", "ckpt_every=1000"]
-# 16 Euler steps at deployment for the flow-trained policies; GMPG deploys the sampler it optimised (its
-# policy.sample_steps, the library default; until session 39 it was also evaluated at 16: docs/results.md §3t)
-FLOW_EVAL = ["eval.steps=16"]
+          "policy.lr=3e-4", "eval.steps=16", "log_every=100", "ckpt_every=1000"]
 PER_ALGO = {
-    "bc": ["policy.algo=bc", "critic.steps=0", *FLOW_EVAL],
+    "bc": ["policy.algo=bc", "critic.steps=0"],
     # "10 % BC": BC on the best 10 % of the training episodes by return, the critic-free baseline that uses the
     # better episodes (the Decision Transformer paper's %BC); an offline-RL method should beat it, not only BC
-    "bc10": ["policy.algo=bc", "critic.steps=0", "data.top_frac=0.1", *FLOW_EVAL],
-    "gmpo": ["policy.algo=gmpo", *FLOW_EVAL],
+    "bc10": ["policy.algo=bc", "critic.steps=0", "data.top_frac=0.1"],
+    "gmpo": ["policy.algo=gmpo"],
     "gmpg": ["policy.algo=gmpg", "policy.steps=200", "policy.batch_size=256", "policy.lr=1e-4",
              "policy.behaviour_steps=3000", "policy.behaviour_lr=3e-4"],
 }

@@ -132,13 +132,8 @@ class EvalConfig(_Strict):
         "0 = deterministic (the ODE from zero noise: the mode-like action, no sampling jitter)")
     episodes: int = Field(10, ge=1)
     envs: int = Field(1, ge=1, description="vectorised envs")
-    # None = the algorithm's own deployment sampler (TrainConfig.eval_sampler): GMPG optimised one particular
-    # discrete sampler, its policy.solver at policy.sample_steps, and another grid deploys a different map
-    solver: Literal["euler", "heun", "midpoint"] | None = Field(
-        None, description="sampler at inference; None = GMPG's policy.solver, else euler")
-    steps: int | None = Field(
-        None, ge=1, description="sampler steps at inference; None = GMPG's policy.sample_steps (the sampler its "
-        "gradient went through), else 32")
+    solver: Literal["euler", "heun", "midpoint"] = "euler"
+    steps: int = Field(32, ge=1, description="sampler steps at inference")
     every: int = Field(0, ge=0, description="evaluate during training every N policy steps (0 = only at the end)")
     max_episode_steps: int | None = None
 
@@ -171,27 +166,14 @@ class TrainConfig(_Strict):
         cameras = any(k.startswith("image/") for k in self.data.obs_keys or [])
         return 1 if self.data.cache_gb is not None or cameras else 10
 
-    @property
-    def eval_sampler(self) -> tuple[str, int]:
-        """(solver, steps) the policy acts with: eval.solver / eval.steps, or the algorithm's own. GMPG's gradient
-        went through its policy.solver at policy.sample_steps, so that discrete map is the policy it improved
-        (hopper medium_replay held-out seed: 54.3 at its 10 steps, 47.8 at 16, 43.2 at 32; docs/results.md §3t);
-        the other algorithms learn a continuous flow and default to 32 Euler steps."""
-        own = getattr(self.policy, "sample_steps", None)
-        solver = self.eval.solver or (getattr(self.policy, "solver", None) if own else None) or "euler"
-        return solver, self.eval.steps or own or 32
-
     def with_resolved_defaults(self) -> TrainConfig:
-        """This config with the library defaults it depends on written in (beta, the critic's n-step target, the
-        deployed sampler): a run records them, so a later change of a default cannot alter its resume."""
+        """This config with the library defaults it depends on written in (beta, the critic's n-step target): a
+        run records them, so a later change of a default cannot alter its resume."""
         cfg = self
         if isinstance(cfg.policy, AdvantagePolicy) and cfg.policy.beta is None:
             cfg = cfg.model_copy(update={"policy": cfg.policy.model_copy(update={"beta": cfg.policy.resolved_beta()})})
         if cfg.critic.nstep is None:
             cfg = cfg.model_copy(update={"critic": cfg.critic.model_copy(update={"nstep": cfg.critic_nstep})})
-        if cfg.eval.solver is None or cfg.eval.steps is None:
-            solver, steps = cfg.eval_sampler
-            cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"solver": solver, "steps": steps})})
         return cfg
 
     @property

@@ -54,3 +54,18 @@ def test_every_config_field_is_read_somewhere() -> None:
     assert {"policy.clamp", "policy.kl_batch", "policy.ema_decay"} <= set(paths)  # every algorithm's section
     missing = unread(paths)
     assert not missing, f"config fields nothing reads: {missing}"
+
+
+def test_print_config_shows_the_defaults_a_run_would_record(tmp_path: Path) -> None:
+    """`genctl train --print-config` prints what config.yaml will hold: beta and the critic's n-step target
+    resolved from the library defaults (null before), and an explicit value left alone."""
+    import yaml
+
+    from tests.cli_helpers import genctl_ok
+
+    out = yaml.safe_load(genctl_ok("train", "--print-config", "policy.algo=gmpg", f"data.store={tmp_path}/x.zarr",
+                                   cwd=tmp_path).stdout)
+    assert (out["policy"]["beta"], out["critic"]["nstep"]) == (1.0, 10)
+    out = yaml.safe_load(genctl_ok("train", "--print-config", "policy.beta=3", "critic.nstep=1",
+                                   f"data.store={tmp_path}/x.zarr", cwd=tmp_path).stdout)
+    assert (out["policy"]["algo"], out["policy"]["beta"], out["critic"]["nstep"]) == ("gmpo", 3.0, 1)

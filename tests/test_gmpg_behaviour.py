@@ -77,26 +77,3 @@ def test_behaviour_from_run_refuses_other_runs(tmp_path: Path) -> None:
         _run([*gmpg, "name=d", f"policy.behaviour_from_run={half}"])
     with pytest.raises(ConfigError, match="no checkpoint"):
         _run([*gmpg, "name=e", f"policy.behaviour_from_run={tmp_path / 'nowhere'}"])
-
-
-def test_gmpg_deploys_the_sampler_it_optimised(tmp_path: Path) -> None:
-    """eval.steps / eval.solver unset: GMPG acts through policy.sample_steps with policy.solver (the discrete map
-    its gradient went through), the run records them, and `genctl eval` loads them; an explicit eval.steps wins,
-    and the other algorithms keep 32 Euler steps."""
-    from genctl.apps.policy import LoadedPolicy
-    from genctl.config import load_yaml
-
-    store = bandit_store(tmp_path / "b.zarr", 1.0, n=200)
-    base = [o for o in _base(tmp_path, store) if not o.startswith("eval.steps")]
-    gmpg = [*base, "policy.algo=gmpg", "critic.steps=5", "policy.behaviour_steps=5", "policy.steps=2",
-            "policy.sample_steps=3", "policy.solver=midpoint"]
-    run = _run([*gmpg, "name=own"])
-    ev = load_yaml(run / "config.yaml")["eval"]
-    assert (ev["solver"], ev["steps"]) == ("midpoint", 3)
-    pol = LoadedPolicy.from_run(run)
-    assert (pol.solver, pol.steps) == ("midpoint", 3)
-    run = _run([*gmpg, "name=explicit", "eval.steps=7"])
-    ev = load_yaml(run / "config.yaml")["eval"]
-    assert (ev["solver"], ev["steps"]) == ("midpoint", 7)
-    for algo in (["policy.algo=bc", "critic.steps=0"], ["policy.algo=gmpo"]):
-        assert build_config(TrainConfig, overrides=[*base, *algo]).eval_sampler == ("euler", 32)

@@ -26,8 +26,7 @@ class GMPGPolicyConfig(AdvantagePolicy):
         None, description="take mu from this finished BC run (its EMA weights) instead of training it here: the "
         "behaviour stage is skipped. Same store, model and normalisation (checked). GMPG then starts from, and "
         "is held near, the BC policy it is compared against")
-    sample_steps: int = Field(10, ge=1, description="sampler steps through which gradients flow; also the "
-                              "deployed sampler's unless eval.steps is set (the policy improved is this discrete map)")
+    sample_steps: int = Field(10, ge=1, description="sampler steps through which gradients flow")
     solver: Literal["euler", "heun", "midpoint"] = "euler"
     exact_trace: bool | None = Field(
         None, description="exact log-density of the discrete sampler vs Hutchinson; None = exact for D <= 8")
@@ -38,7 +37,9 @@ class GMPGPolicyConfig(AdvantagePolicy):
         "a lower decay let the deployed policy follow them")
     q_lcb: float = Field(
         0.0, ge=0.0, description="ascend mean - q_lcb x std of Q over the critic ensemble's members (pessimism "
-        "where the members disagree, i.e. off the data); needs critic.ensemble >= 2. 0 = the mean (reference)")
+        "where the members disagree, i.e. off the data); needs critic.ensemble >= 2. 0 = the mean (reference). "
+        "Not a default: with 5 members and q_lcb 1 it scored below one critic on the replay sets' held-out seed, "
+        "the members disagreeing about as much everywhere GMPG went (docs/results.md 3t)")
     kl_batch: int | None = Field(
         None, ge=1, description="estimate the KL term on this many rows of each batch (None = all, as the "
         "reference); unbiased, cheaper, noisier")
