@@ -213,9 +213,11 @@ class GMPG(AdvantageScale, Algorithm):
         loss = -self.beta * target.mean() / self.adv_scale + kl_bits.mean()
         with torch.no_grad():  # the policy's own actions' A_n: what beta buys against the KL (q_mean is V-dominated)
             adv = (q.detach() - self.critic.v(obs) - self.adv_shift) / self.adv_scale
-        return loss, {"q_mean": q.detach().mean(), "adv_mean": adv.mean(), "kl_bits_per_dim": kl_bits.detach().mean(),
-                      "log_pi": log_pi.detach().mean(), "log_mu": log_mu.detach().mean(),
-                      "q_spread": spread.detach().mean() / self.adv_scale}
+        stats = {"q_mean": q.detach().mean(), "adv_mean": adv.mean(), "kl_bits_per_dim": kl_bits.detach().mean(),
+                 "log_pi": log_pi.detach().mean(), "log_mu": log_mu.detach().mean()}
+        if self.critic.ensemble > 1:  # the members' disagreement at the policy's actions, in advantage spreads
+            stats["q_spread"] = spread.detach().mean() / self.adv_scale
+        return loss, stats
 
     def update(self, batch: dict[str, Tensor], *, sync: bool = True) -> dict[str, Any]:
         with frozen(self.critic, self.behaviour):  # backward (and checkpoint recompute) inside
